@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine with Python >= 3.11 and pip:
+#   make demo   - set up .venv and run the Bookinfo demo mesh
+#   make test   - set up .venv and run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ENGINE ?=
+MEMBERS := kernel $(wildcard plugins/*)
+STAMP := $(VENV)/.installed
+PYPROJECTS := pyproject.toml $(foreach m,$(MEMBERS),$(m)/pyproject.toml)
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): $(PYPROJECTS) Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip hatchling editables
+	$(BIN)/python -m pip install --quiet --no-build-isolation \
+		$(foreach m,$(MEMBERS),-e $(m)) -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/knotwork up examples/bookinfo $(if $(ENGINE),--engine $(ENGINE)) $(if $(PORT),--ingress-port $(PORT))
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/lint-imports
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from knotwork.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,404 @@
+"""The compiled proxy configuration: what one proxy must do.
+
+A :class:`ProxySnapshot` is a consistent, versioned set of named resources,
+the shape of go-control-plane's snapshot and of Envoy's xDS:
+
+=================  ==========================================  ===========
+Knotwork           Envoy (xDS v3)                              type key
+=================  ==========================================  ===========
+:class:`Listener`  ``config.listener.v3.Listener`` (LDS)        listeners
+:class:`RouteTable` ``config.route.v3.RouteConfiguration`` (RDS) routes
+:class:`Cluster`   ``config.cluster.v3.Cluster`` (CDS)          clusters
+:class:`EndpointSet` ``config.endpoint.v3.ClusterLoadAssignment`` (EDS) endpoints
+:class:`Secret`    ``extensions.transport_sockets.tls.v3.Secret`` (SDS) secrets
+=================  ==========================================  ===========
+
+Each resource is versioned by a hash of its content, so identical resources
+are shared across proxies and only changed ones are pushed. Both engines
+consume the same snapshot. Area plugins build it through :class:`SnapshotBuilder`
+and may write only the *slots* they declared (see :class:`knotwork.records.Compiler`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+import cattrs
+
+__all__ = [
+    "TYPE_ORDER",
+    "Cluster",
+    "ConsistencyError",
+    "DirectResponse",
+    "EndpointSet",
+    "Extension",
+    "HeaderMatch",
+    "LbEndpoint",
+    "Listener",
+    "ProxySnapshot",
+    "Redirect",
+    "RetryPolicy",
+    "Route",
+    "RouteAction",
+    "RouteMatch",
+    "RouteTable",
+    "Secret",
+    "SlotError",
+    "SnapshotBuilder",
+    "VirtualHost",
+    "WeightedCluster",
+    "wire",
+]
+
+
+@attrs.frozen
+class Extension:
+    """Plugin-specific behaviour attached to a resource, typed by name.
+
+    `engines` lists the proxy engines that know how to carry it out; an
+    engine refuses (NACKs) a resource carrying an extension it does not know.
+    """
+
+    name: str
+    plugin: str
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+    engines: tuple[str, ...] = ("native",)
+
+
+# ── routes (RDS) ────────────────────────────────────────────────────────────
+
+
+@attrs.frozen
+class HeaderMatch:
+    """Envoy ``HeaderMatcher``: exactly one of exact/prefix/regex/present."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+    invert: bool = False
+
+
+@attrs.frozen
+class RouteMatch:
+    """Envoy ``RouteMatch``: path (one of prefix/path/regex), headers, query."""
+
+    prefix: str | None = "/"
+    path: str | None = None
+    regex: str | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+    query: tuple[HeaderMatch, ...] = ()
+    source_labels: Mapping[str, str] = attrs.field(factory=dict)
+    port: int | None = None
+
+
+@attrs.frozen
+class WeightedCluster:
+    """Envoy ``WeightedCluster.ClusterWeight``."""
+
+    cluster: str
+    weight: int = 100
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Envoy ``RetryPolicy``: retries = attempts after the first."""
+
+    attempts: int = 0
+    per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = ()
+    retriable_status_codes: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class RouteAction:
+    """Envoy ``RouteAction``: where a matched request goes and how."""
+
+    clusters: tuple[WeightedCluster, ...]
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
+    prefix_rewrite: str | None = None
+    host_rewrite: str | None = None
+
+
+@attrs.frozen
+class DirectResponse:
+    """Envoy ``DirectResponseAction``."""
+
+    status: int
+    body: str = ""
+
+
+@attrs.frozen
+class Redirect:
+    """Envoy ``RedirectAction``."""
+
+    path: str | None = None
+    host: str | None = None
+    status: int = 301
+
+
+@attrs.frozen
+class Route:
+    """Envoy ``Route``: a match and exactly one of action/direct/redirect."""
+
+    name: str
+    match: RouteMatch = attrs.field(factory=RouteMatch)
+    action: RouteAction | None = None
+    direct: DirectResponse | None = None
+    redirect: Redirect | None = None
+    request_headers_set: Mapping[str, str] = attrs.field(factory=dict)
+    extensions: tuple[Extension, ...] = ()
+
+
+@attrs.frozen
+class VirtualHost:
+    """Envoy ``VirtualHost``: domains (exact, `*.suffix`, `*`) and routes, first match wins."""
+
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...] = ()
+
+
+@attrs.frozen
+class RouteTable:
+    """Envoy ``RouteConfiguration`` (RDS); `router` names the Router strategy."""
+
+    TYPE: ClassVar[str] = "routes"
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+    router: str = "host"
+
+    def referenced_clusters(self) -> Iterable[str]:
+        for vh in self.virtual_hosts:
+            for route in vh.routes:
+                if route.action:
+                    yield from (w.cluster for w in route.action.clusters)
+
+
+# ── listeners (LDS) ─────────────────────────────────────────────────────────
+
+
+@attrs.frozen
+class Listener:
+    """Envoy ``Listener`` (LDS).
+
+    `mode`: ``inbound`` (in front of the local app), ``outbound`` (a loopback
+    port per TCP upstream, or the iptables capture port), ``http_proxy`` (the
+    local app's ``HTTP_PROXY``, with CONNECT), ``gateway`` (ingress).
+    `protocol` ``http`` routes through `route_table`; ``tcp`` forwards to `cluster`.
+    `authn`, `authz` and `telemetry` are the ordered strategy chains.
+    """
+
+    TYPE: ClassVar[str] = "listeners"
+    name: str
+    address: str
+    port: int
+    mode: str
+    protocol: str = "http"
+    route_table: str | None = None
+    cluster: str | None = None
+    authn: tuple[str, ...] = ()
+    authz: tuple[str, ...] = ()
+    telemetry: tuple[str, ...] = ()
+    tls: Mapping[str, Any] | None = None
+    extensions: tuple[Extension, ...] = ()
+
+
+# ── clusters (CDS) and endpoints (EDS) ──────────────────────────────────────
+
+
+@attrs.frozen
+class Cluster:
+    """Envoy ``Cluster`` (CDS) with EDS endpoints named like the cluster.
+
+    Names follow Istio: ``outbound|<port>|<subset>|<fqdn>``, ``inbound|<port>||``.
+    `lb` names the LoadBalancer strategy, `tls` the upstream TLS settings.
+    """
+
+    TYPE: ClassVar[str] = "clusters"
+    name: str
+    service: str = ""
+    port: int = 0
+    protocol: str = "http"
+    connect_timeout: float = 1.0
+    lb: str = "round_robin"
+    lb_settings: Mapping[str, Any] = attrs.field(factory=dict)
+    tls: Mapping[str, Any] | None = None
+    extensions: tuple[Extension, ...] = ()
+
+
+@attrs.frozen
+class LbEndpoint:
+    """Envoy ``LbEndpoint`` with the metadata a client checks."""
+
+    address: str
+    port: int
+    weight: int = 1
+    healthy: bool = True
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    locality: str = ""
+    identity: str | None = None
+    instance: str = ""
+
+
+@attrs.frozen
+class EndpointSet:
+    """Envoy ``ClusterLoadAssignment`` (EDS); named like its cluster."""
+
+    TYPE: ClassVar[str] = "endpoints"
+    name: str
+    endpoints: tuple[LbEndpoint, ...] = ()
+
+
+@attrs.frozen
+class Secret:
+    """Envoy SDS ``Secret``: a certificate chain and key, or a trust bundle."""
+
+    TYPE: ClassVar[str] = "secrets"
+    name: str
+    certificate_chain: str = ""
+    private_key: str = attrs.field(default="", repr=False)
+    trust_bundle: str = ""
+
+
+RESOURCE_TYPES: dict[str, type] = {
+    "secrets": Secret,
+    "clusters": Cluster,
+    "endpoints": EndpointSet,
+    "listeners": Listener,
+    "routes": RouteTable,
+}
+#: xDS push order: SDS, CDS, EDS, LDS, RDS (removals go in reverse).
+TYPE_ORDER: tuple[str, ...] = tuple(RESOURCE_TYPES)
+
+#: The converter for the wire and for content hashes.
+wire = cattrs.Converter(forbid_extra_keys=True)
+wire.register_structure_hook(Mapping[str, str], lambda v, _: dict(v))
+wire.register_structure_hook(Mapping[str, Any], lambda v, _: dict(v))
+
+
+def content_version(resource: Any) -> str:
+    data = json.dumps(wire.unstructure(resource), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+class ConsistencyError(ValueError):
+    """A snapshot references resources it does not contain."""
+
+
+class SlotError(ValueError):
+    """A compiler wrote a slot it did not declare."""
+
+
+@attrs.frozen
+class ProxySnapshot:
+    """A consistent, versioned set of named resources for one proxy.
+
+    `resources[type][name]` is the resource; `versions[type][name]` its
+    content hash. `version` changes when any resource does.
+    """
+
+    resources: Mapping[str, Mapping[str, Any]]
+    versions: Mapping[str, Mapping[str, str]]
+    version: str
+
+    @classmethod
+    def build(cls, resources: Iterable[Any]) -> ProxySnapshot:
+        by_type: dict[str, dict[str, Any]] = {t: {} for t in TYPE_ORDER}
+        versions: dict[str, dict[str, str]] = {t: {} for t in TYPE_ORDER}
+        for res in resources:
+            if res.name in by_type[res.TYPE]:
+                raise ConsistencyError(f"two {res.TYPE} named {res.name!r}")
+            by_type[res.TYPE][res.name] = res
+            versions[res.TYPE][res.name] = content_version(res)
+        digest = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+        return cls(by_type, versions, digest)
+
+    def type_version(self, type_key: str) -> str:
+        data = json.dumps(sorted(self.versions[type_key].items()))
+        return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+    def check(self) -> None:
+        """Raise ConsistencyError unless every reference resolves.
+
+        Every route's cluster exists; every cluster has an endpoint set;
+        every listener's route table or cluster exists.
+        """
+        problems = []
+        clusters, endpoints = self.resources["clusters"], self.resources["endpoints"]
+        routes = self.resources["routes"]
+        for table in routes.values():
+            for name in table.referenced_clusters():
+                if name not in clusters:
+                    problems.append(f"route table {table.name!r} references missing cluster {name!r}")
+        for name in clusters:
+            if name not in endpoints:
+                problems.append(f"cluster {name!r} has no endpoint set")
+        for listener in self.resources["listeners"].values():
+            if listener.route_table and listener.route_table not in routes:
+                problems.append(f"listener {listener.name!r} references missing route table {listener.route_table!r}")
+            if listener.cluster and listener.cluster not in clusters:
+                problems.append(f"listener {listener.name!r} references missing cluster {listener.cluster!r}")
+        if problems:
+            raise ConsistencyError("; ".join(sorted(set(problems))))
+
+    def count(self, type_key: str) -> int:
+        return len(self.resources[type_key])
+
+
+class SnapshotBuilder:
+    """Collects one proxy's resources during compilation, enforcing slots.
+
+    A compiler may create resources of the types it declared as slots
+    (``"clusters"``) and set fields it declared (``"clusters.lb"``,
+    ``"listeners.authz"``); anything else raises :class:`SlotError`.
+    """
+
+    def __init__(self) -> None:
+        self._resources: dict[tuple[str, str], Any] = {}
+        self._writer: str = ""
+        self._slots: frozenset[str] = frozenset()
+
+    def as_compiler(self, name: str, slots: frozenset[str]) -> SnapshotBuilder:
+        self._writer, self._slots = name, slots
+        return self
+
+    def _allow(self, slot: str) -> None:
+        if slot not in self._slots:
+            raise SlotError(f"compiler {self._writer!r} wrote slot {slot!r} it did not declare")
+
+    def add(self, resource: Any) -> None:
+        """Add (or replace) a resource; needs the slot named by its type."""
+        self._allow(resource.TYPE)
+        self._resources[(resource.TYPE, resource.name)] = resource
+
+    def get(self, type_key: str, name: str) -> Any | None:
+        return self._resources.get((type_key, name))
+
+    def all(self, type_key: str) -> list[Any]:
+        return [r for (t, _), r in self._resources.items() if t == type_key]
+
+    def set(self, type_key: str, name: str, field: str, value: Any) -> None:
+        """Set one declared slot (`type.field`) of an existing resource."""
+        self._allow(f"{type_key}.{field}")
+        key = (type_key, name)
+        self._resources[key] = attrs.evolve(self._resources[key], **{field: value})
+
+    def extend(self, type_key: str, name: str, extension: Extension) -> None:
+        """Attach an extension; needs the slot `type.extensions.<name>`."""
+        self._allow(f"{type_key}.extensions.{extension.name}")
+        key = (type_key, name)
+        res = self._resources[key]
+        others = tuple(e for e in res.extensions if e.name != extension.name)
+        self._resources[key] = attrs.evolve(res, extensions=(*others, extension))
+
+    def snapshot(self) -> ProxySnapshot:
+        snap = ProxySnapshot.build(self._resources.values())
+        snap.check()
+        return snap

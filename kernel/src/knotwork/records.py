@@ -1,0 +1,185 @@
+"""Frozen records returned by registration hooks, and the narrow contexts
+the kernel hands to what they create.
+
+A record names a thing a plugin can do (a platform, a proxy engine, a load
+balancer, …); the mesh file selects records by name. The record's `factory`
+is called by the kernel, never by another plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .model import MeshSettings, ProxyNode
+
+__all__ = [
+    "AREAS",
+    "AttestationClaim",
+    "CliCommand",
+    "Compiler",
+    "CompileInput",
+    "Component",
+    "ComponentContext",
+    "ProxyContext",
+    "ProxyEngine",
+    "Strategy",
+]
+
+_ALL_ENGINES = frozenset({"native", "envoy"})
+
+
+@attrs.frozen
+class Component:
+    """A long-running part: platform, config source or certificate authority.
+
+    `factory(ctx: ComponentContext)` returns an object with
+    ``async def run(self, *, task_status)`` that the kernel starts with
+    ``tg.start()``. A platform's or config source's ``run`` also receives
+    ``send``: a memory stream for :class:`~knotwork.model.PlatformSnapshot`.
+    """
+
+    name: str
+    factory: Callable[[ComponentContext], Any]
+    description: str = ""
+    settings: type | None = None
+    plugin: str = attrs.field(default="", eq=False)
+
+
+@attrs.frozen
+class ProxyEngine:
+    """A proxy engine: its control-plane distribution server and its proxy.
+
+    `control_server(ctx: ComponentContext, cache)` returns a component that
+    serves compiled snapshots from a :class:`~knotwork.distribution.SnapshotCache`;
+    `proxy(ctx: ProxyContext)` returns the component that runs one sidecar or
+    gateway. `extensions` lists the extension names it can carry out.
+    """
+
+    name: str
+    control_server: Callable[..., Any]
+    proxy: Callable[[ProxyContext], Any]
+    description: str = ""
+    settings: type | None = None
+    extensions: frozenset[str] = frozenset()
+    plugin: str = attrs.field(default="", eq=False)
+
+
+@attrs.frozen
+class Strategy:
+    """A per-request strategy: router, load balancer, authenticator,
+    authorizer or telemetry sink (see :mod:`knotwork.protocols`).
+
+    `factory(resource, settings)` builds the plain object an engine calls per
+    request, once per config (the resource is the route table, cluster or
+    listener it serves). `engines` lists the proxy engines that support it.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    settings: type | None = None
+    engines: frozenset[str] = _ALL_ENGINES
+    plugin: str = attrs.field(default="", eq=False)
+
+
+#: Compilation areas, in the fixed order compilers run.
+AREAS: tuple[str, ...] = (
+    "networking", "routing", "load_balancing", "security",
+    "authentication", "authorization", "telemetry", "extensions",
+)
+
+
+@attrs.frozen
+class CompileInput:
+    """What a compiler sees of the mesh when compiling one proxy's config."""
+
+    mesh: MeshSettings
+    node: ProxyNode
+    services: tuple[Any, ...]
+    endpoints: Mapping[tuple[str, int], tuple[Any, ...]]  # (fqdn, port) -> endpoints
+    resources: Mapping[str, tuple[Any, ...]]  # kind -> resources
+    selection: Mapping[str, Any]  # role -> selected record name(s)
+    workloads: tuple[Any, ...] = ()
+    proxies: tuple[ProxyNode, ...] = ()
+
+
+@attrs.frozen
+class Compiler:
+    """A contribution to every proxy's compiled config.
+
+    `compile(builder, inp)` runs in area order (:data:`AREAS`), then `order`,
+    then name; it may create the resource types and set the fields named in
+    `slots` (``"clusters"``, ``"clusters.lb"``, ``"listeners.authz"``,
+    ``"routes.extensions.<name>"``). Two compilers declaring one slot is a
+    start-up error naming both.
+    """
+
+    name: str
+    area: str
+    slots: frozenset[str]
+    compile: Callable[..., None]
+    order: int = 0
+    description: str = ""
+    plugin: str = attrs.field(default="", eq=False)
+
+
+@attrs.frozen
+class CliCommand:
+    """A `knotwork` subcommand: `configure(parser)` adds arguments,
+    `run(args) -> int` runs it and returns the exit status."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    plugin: str = attrs.field(default="", eq=False)
+
+
+@attrs.frozen
+class AttestationClaim:
+    """A proxy's request for an identity: what it claims and what proves it.
+
+    `credential` is platform-specific: a local bootstrap token, a Kubernetes
+    service-account token, a Nomad workload identity JWT.
+    """
+
+    platform: str
+    node_id: str
+    identity: str
+    credential: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class ComponentContext:
+    """What a component gets: its settings, the mesh's names and places."""
+
+    mesh: MeshSettings
+    settings: Any
+    mesh_dir: Path
+    state_dir: Path
+    selection: Mapping[str, Any] = attrs.field(factory=dict)
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ProxyContext:
+    """What a proxy engine gets to run one sidecar or gateway.
+
+    `strategies[kind][name]` are the installed :class:`Strategy` records
+    (kinds: routers, load_balancers, authenticators, authorizers, telemetry).
+    """
+
+    node_id: str
+    control_address: str
+    admin_port: int
+    settings: Any
+    strategies: Mapping[str, Mapping[str, Strategy]]
+    strategy_settings: Mapping[str, Any] = attrs.field(factory=dict)
+    drain_timeout: float = 3.0
+    state_dir: Path | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict)

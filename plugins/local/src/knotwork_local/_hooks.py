@@ -1,0 +1,3 @@
+"""Hook implementations of the `local` plugin."""
+
+from knotwork import hookimpl  # noqa: F401

@@ -1,0 +1,3 @@
+"""Hook implementations of the `native` plugin."""
+
+from knotwork import hookimpl  # noqa: F401
