@@ -131,7 +131,10 @@ class Compiler:
 @attrs.frozen
 class CliCommand:
     """A `knotwork` subcommand: `configure(parser)` adds arguments,
-    `run(args) -> int` runs it and returns the exit status."""
+    `run(args) -> int` runs it and returns the exit status. `args.hooks` is
+    the kernel's :class:`~knotwork.kernel.Hooks`; raise
+    :class:`~knotwork.config.MeshError` or :class:`~knotwork.cli.UsageError`
+    for user mistakes (exit 2, no traceback)."""
 
     name: str
     help: str

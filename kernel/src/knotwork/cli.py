@@ -1,0 +1,208 @@
+"""The `knotwork` command. Plugins add subcommands through `knotwork_cli_commands`.
+
+Exit status: 0 success, 1 runtime failure, 2 user mistake (bad mesh file,
+bad arguments), 3 broken plugin. User mistakes never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from .config import MeshError, load_mesh
+from .kernel import Hooks, PluginError, make_plugin_manager
+from .records import ProxyContext
+
+__all__ = ["UsageError", "configure_logging", "main", "run_until_signalled"]
+
+#: Seconds a process has to stop after SIGINT/SIGTERM before it is killed.
+STOP_BUDGET = 5.0
+
+
+class UsageError(Exception):
+    """A user mistake on the command line: one line, exit 2."""
+
+
+def configure_logging(level: str = "info") -> None:
+    """structlog: readable on a terminal, JSON lines otherwise. Only the CLI calls this."""
+    tty = sys.stderr.isatty() and not os.environ.get("KNOTWORK_LOG_JSON")
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer = structlog.dev.ConsoleRenderer() if tty else structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def run_until_signalled(main: Callable[..., Any], *args: Any) -> None:
+    """Run ``await main(*args, task_status=...)`` until SIGINT/SIGTERM, then cancel it.
+
+    Components clean up in ``finally`` (shielded, bounded); if stopping takes
+    longer than :data:`STOP_BUDGET` the process exits anyway.
+    """
+
+    async def runner() -> None:
+        async with anyio.create_task_group() as tg:
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        timer = threading.Timer(STOP_BUDGET, os._exit, (1,))
+                        timer.daemon = True
+                        timer.start()
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch)
+            await tg.start(main, *args)
+
+    try:
+        import uvloop  # noqa: F401 - optional, faster event loop
+
+        backend_options = {"use_uvloop": True}
+    except ImportError:
+        backend_options = {}
+    anyio.run(runner, backend="asyncio", backend_options=backend_options)
+
+
+def _load(args: argparse.Namespace, hooks: Hooks, engine: str | None = None) -> Any:
+    return load_mesh(getattr(args, "mesh", None) or getattr(args, "dir", None), hooks, engine=engine)
+
+
+# ── built-in commands ────────────────────────────────────────────────────────
+
+
+def cmd_plugins(args: argparse.Namespace, hooks: Hooks) -> int:
+    mesh = None
+    try:
+        mesh = _load(args, hooks) if args.mesh or Path("knotwork.yaml").exists() else None
+    except MeshError:
+        mesh = None
+    selected: set[str] = set()
+    if mesh is not None:
+        names = {n for role in ("platform", "engine", "certificate_authority", "router", "load_balancer",
+                                "config_sources", "authenticators", "authorizers", "telemetry")
+                 for n in mesh.selected(role)}
+        selected = {r.plugin for recs in hooks.registry().values() for r in recs.values() if r.name in names}
+        selected |= set(mesh.plugins.extra)
+    provides: dict[str, list[str]] = {}
+    for kind, recs in hooks.registry().items():
+        for rec in recs.values():
+            provides.setdefault(rec.plugin, []).append(f"{kind}:{rec.name}")
+    print(f"{'order':<6}{'plugin':<16}{'distribution':<28}{'version':<10}{'selected':<10}provides / hooks")
+    for info in hooks.plugins():
+        sel = "-" if mesh is None else ("yes" if info.name in selected else "no")
+        print(f"{info.order:<6}{info.name:<16}{info.distribution:<28}{info.version:<10}{sel:<10}"
+              f"{', '.join(sorted(provides.get(info.name, [])))}")
+        print(f"{'':<70}hooks: {', '.join(info.hooks)}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, hooks: Hooks) -> int:
+    mesh = _load(args, hooks, engine=args.engine)
+    print(f"{mesh.path}: ok (platform {mesh.plugins.platform}, engine {mesh.plugins.engine})")
+    return 0
+
+
+def cmd_control(args: argparse.Namespace, hooks: Hooks) -> int:
+    from .control import ControlPlane
+
+    mesh = _load(args, hooks, engine=args.engine)
+    run_until_signalled(ControlPlane(mesh, hooks, listen=args.listen).run)
+    return 0
+
+
+def cmd_proxy(args: argparse.Namespace, hooks: Hooks) -> int:
+    mesh = _load(args, hooks, engine=args.engine) if args.mesh else None
+    engine_name = args.engine or (mesh.plugins.engine if mesh else "native")
+    engines = hooks.registry()["proxy_engines"]
+    if engine_name not in engines:
+        raise UsageError(f"--engine: expected an installed proxy engine ({', '.join(sorted(engines))}), got {engine_name!r}")
+    engine = engines[engine_name]
+    settings = mesh.settings.get(engine_name) if mesh else None
+    if settings is None and engine.settings is not None:
+        settings = engine.settings()
+    ctx = ProxyContext(
+        node_id=args.node, control_address=args.control, admin_port=args.admin_port, settings=settings,
+        strategies=hooks.strategies(), strategy_settings=dict(mesh.settings) if mesh else {},
+        drain_timeout=args.drain_timeout, state_dir=mesh.state_dir if mesh else None,
+    )
+    structlog.contextvars.bind_contextvars(node=args.node)
+    run_until_signalled(engine.proxy(ctx).run)
+    return 0
+
+
+def _mesh_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mesh", metavar="DIR", help="mesh directory or file (default: the current directory)")
+
+
+def build_parser(hooks: Hooks) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="knotwork", description="Knotwork: a service mesh in Python.")
+    parser.add_argument("--log-level", default=os.environ.get("KNOTWORK_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("plugins", help="list installed plugins and what they provide")
+    _mesh_arg(p)
+    p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("check", help="validate a mesh file and its config without running anything")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="mesh directory or file")
+    p.add_argument("--engine", help="override the mesh file's proxy engine")
+    p.set_defaults(func=cmd_check, mesh=None)
+    p = sub.add_parser("control", help="run the control plane of a mesh")
+    _mesh_arg(p)
+    p.add_argument("--listen", default="127.0.0.1:0", help="address of the config distribution server")
+    p.add_argument("--engine", help="override the mesh file's proxy engine")
+    p.set_defaults(func=cmd_control)
+    p = sub.add_parser("proxy", help="run one sidecar or gateway proxy")
+    _mesh_arg(p)
+    p.add_argument("--engine", help="proxy engine (default: the mesh file's, else native)")
+    p.add_argument("--node", required=True, help="node id, e.g. sidecar~reviews-v1-1")
+    p.add_argument("--control", required=True, help="control plane address HOST:PORT")
+    p.add_argument("--admin-port", type=int, default=0, help="admin port on 127.0.0.1 (/ready, /status)")
+    p.add_argument("--drain-timeout", type=float, default=3.0, help="seconds to drain in-flight requests on stop")
+    p.set_defaults(func=cmd_proxy)
+    for name, command in sorted(hooks.cli_commands().items()):
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.configure(p)
+        p.set_defaults(func=lambda a, h, _c=command: (setattr(a, "hooks", h), _c.run(a))[1])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        hooks = Hooks(make_plugin_manager())
+        parser = build_parser(hooks)
+    except PluginError as exc:
+        print(f"knotwork: {exc}", file=sys.stderr)
+        return 3
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return int(args.func(args, hooks) or 0)
+    except MeshError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"knotwork {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except PluginError as exc:
+        print(f"knotwork: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,211 @@
+"""The control plane: platforms in, compiled per-proxy snapshots out.
+
+Platforms and config sources push whole :class:`~knotwork.model.PlatformSnapshot`
+objects into one stream. The control plane keeps the latest per source,
+debounces, and once every source has reported a full sync compiles every
+proxy's config with the selected plugins' compilers, checks it, and hands it
+to the engine's distribution server through a :class:`SnapshotCache`. A proxy
+whose compile fails keeps its last good snapshot. The admin socket (grpclib,
+JSON, a 0600 unix socket in the state directory) answers the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from grpclib.server import Server
+
+from .config import Mesh
+from .distribution import SnapshotCache
+from .kernel import Hooks
+from .model import PlatformSnapshot
+from .proxyconfig import TYPE_ORDER, SnapshotBuilder, wire
+from .records import CompileInput, ComponentContext
+from .wire import JSONCodec, JsonService, unary
+
+__all__ = ["ControlPlane"]
+
+log = structlog.get_logger("knotwork.control")
+DEBOUNCE = 0.02
+
+
+class ControlPlane:
+    """Runs platforms, compiles, distributes. One per mesh."""
+
+    def __init__(self, mesh: Mesh, hooks: Hooks, *, listen: str = "127.0.0.1:0") -> None:
+        self.mesh, self.hooks, self.listen = mesh, hooks, listen
+        self.cache = SnapshotCache()
+        self.sources: dict[str, PlatformSnapshot] = {}
+        self.expected: set[str] = set()
+        self.version = 0
+        self.pushes = 0
+        self.compile_errors: dict[str, str] = {}
+        self.started = time.time()
+        selected = {r.plugin for kind, recs in hooks.registry().items() for r in recs.values()
+                    if r.name in self._selected_names()}
+        self.compilers = hooks.compilers(plugins=selected | set(mesh.plugins.extra))
+        log.info("compile order", compilers=[f"{c.area}/{c.name}" for c in self.compilers])
+
+    def _selected_names(self) -> set[str]:
+        names: set[str] = set()
+        for role in ("platform", "engine", "certificate_authority", "router", "load_balancer",
+                     "config_sources", "authenticators", "authorizers", "telemetry"):
+            names.update(self.mesh.selected(role))
+        return names
+
+    def context(self, name: str, **options: Any) -> ComponentContext:
+        return ComponentContext(
+            mesh=self.mesh.mesh, settings=self.mesh.settings.get(name), mesh_dir=self.mesh.dir,
+            state_dir=self.mesh.state_dir, selection=self.mesh.selection_map(), options=options,
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        reg = self.hooks.registry()
+        send, receive = anyio.create_memory_object_stream[PlatformSnapshot](64)
+        async with anyio.create_task_group() as tg:
+            engine = reg["proxy_engines"][self.mesh.plugins.engine]
+            server = engine.control_server(self.context(engine.name, listen=self.listen), self.cache)
+            await tg.start(server.run)
+            await tg.start(self._serve_admin)
+            tg.start_soon(self._merge, receive)
+            for role, kind in (("platform", "platforms"), ("config_sources", "config_sources")):
+                for name in self.mesh.selected(role):
+                    self.expected.add(name)
+                    component = reg[kind][name].factory(self.context(name))
+                    await tg.start(component.run, send.clone())
+            log.info("control plane started", engine=engine.name, sources=sorted(self.expected))
+            task_status.started()
+
+    async def _merge(self, receive: Any) -> None:
+        async with receive:
+            while True:
+                snap = await receive.receive()
+                self.sources[snap.platform] = snap
+                with anyio.move_on_after(DEBOUNCE):
+                    while True:
+                        snap = await receive.receive()
+                        self.sources[snap.platform] = snap
+                if not all(s in self.sources and self.sources[s].synced for s in self.expected):
+                    log.info("waiting for first full sync", have=sorted(self.sources))
+                    continue
+                self.publish()
+
+    def publish(self) -> None:
+        """Compile every proxy and publish the snapshots that changed."""
+        started = time.perf_counter()
+        snaps = list(self.sources.values())
+        services = tuple(s for p in snaps for s in p.services)
+        endpoints: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        for p in snaps:
+            for ep in p.endpoints:
+                endpoints[(ep.service, ep.service_port)].append(ep)
+        resources: dict[str, list[Any]] = defaultdict(list)
+        for p in snaps:
+            for r in p.resources:
+                resources[r.kind].append(r)
+        proxies = tuple(n for p in snaps for n in p.proxies)
+        workloads = tuple(w for p in snaps for w in p.workloads)
+        frozen_eps = {k: tuple(v) for k, v in endpoints.items()}
+        frozen_res = {k: tuple(v) for k, v in resources.items()}
+        changed, counts = [], dict.fromkeys(TYPE_ORDER, 0)
+        for node in proxies:
+            inp = CompileInput(self.mesh.mesh, node, services, frozen_eps, frozen_res,
+                               self.mesh.selection_map(), workloads, proxies)
+            builder = SnapshotBuilder()
+            try:
+                for compiler in self.compilers:
+                    compiler.compile(builder.as_compiler(compiler.name, compiler.slots), inp)
+                snapshot = builder.snapshot()
+            except Exception as exc:  # noqa: BLE001 - a failed compile keeps the last good config
+                self.compile_errors[node.id] = f"{type(exc).__name__}: {exc}"
+                log.error("compile failed; proxy keeps its last good config", node=node.id, error=str(exc))
+                continue
+            self.compile_errors.pop(node.id, None)
+            for t in TYPE_ORDER:
+                counts[t] += snapshot.count(t)
+            if self.cache.set(node.id, snapshot):
+                changed.append(node.id)
+        if changed:
+            self.version += 1
+            self.pushes += 1
+            self.cache.notify()
+            self.hooks.snapshot_published(str(self.version), changed, counts)
+        log.info("compiled", proxies=len(proxies), changed=len(changed), version=self.version,
+                 seconds=round(time.perf_counter() - started, 4))
+
+    # -- admin socket -------------------------------------------------------
+    async def _admin(self, request: dict) -> dict:
+        method = request.get("method")
+        if method == "proxy_status":
+            return {"proxies": self.proxy_status()}
+        if method == "status":
+            return {"version": self.version, "pushes": self.pushes, "pid": os.getpid(), "uptime": time.time() - self.started,
+                    "sources": {k: {"version": v.version, "synced": v.synced} for k, v in self.sources.items()},
+                    "compile_errors": self.compile_errors}
+        if method == "config":
+            snap = self.cache.get(request.get("node", ""))
+            return {"config": None if snap is None else {t: {n: wire.unstructure(r) for n, r in res.items()}
+                                                         for t, res in snap.resources.items()}}
+        return {"error": f"unknown method {method!r}"}
+
+    def proxy_status(self) -> list[dict]:
+        rows = []
+        for node in self.cache.nodes():
+            snap = self.cache.get(node)
+            st = self.cache.status.get(node)
+            rows.append({
+                "node": node, "connected": self.cache.connected.get(node, 0) > 0, "version": snap.version if snap else None,
+                "types": {t: {"latest": snap.type_version(t) if snap else None,
+                              "sent": st.sent.get(t) if st else None, "acked": st.acked.get(t) if st else None,
+                              "nacked": st.nacked.get(t) if st else None} for t in TYPE_ORDER},
+            })
+        return rows
+
+    async def _serve_admin(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        path = Path(self.mesh.state_dir) / "control.sock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        server = Server([JsonService({"/knotwork.v1.Admin/Call": unary(self._admin)})], codec=JSONCodec())
+        old = os.umask(0o177)
+        try:
+            await server.start(path=str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            server.close()
+            path.unlink(missing_ok=True)
+
+
+async def admin_call(state_dir: Path, method: str, **args: Any) -> dict:
+    """Call the control plane's admin socket; raises OSError when it is not running."""
+    from grpclib.client import Channel
+
+    path = Path(state_dir) / "control.sock"
+    if not path.exists():
+        raise FileNotFoundError(f"no control plane socket at {path} (is the mesh running?)")
+    channel = Channel(path=str(path), codec=JSONCodec())
+    try:
+        with anyio.fail_after(10):
+            return await _unary(channel, {"method": method, **args})
+    finally:
+        channel.close()
+
+
+async def _unary(channel: Any, request: dict) -> dict:
+    from grpclib.const import Cardinality
+
+    async with channel.request("/knotwork.v1.Admin/Call", Cardinality.UNARY_UNARY, dict, dict) as stream:
+        await stream.send_message(request, end=True)
+        reply = await stream.recv_message()
+        return reply or {}
