@@ -6,8 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 ENGINE ?=
 MEMBERS := kernel $(wildcard plugins/*)
+# The in-house plugin example is installed too: its tests and the kernel's
+# `knotwork plugins` / `knotwork check` tests use it as a user's plugin.
+EXAMPLE_PLUGINS := examples/inhouse-plugin
 STAMP := $(VENV)/.installed
-PYPROJECTS := pyproject.toml $(foreach m,$(MEMBERS),$(m)/pyproject.toml)
+PYPROJECTS := pyproject.toml $(foreach m,$(MEMBERS) $(EXAMPLE_PLUGINS),$(m)/pyproject.toml)
 
 .PHONY: venv demo test lint bench clean
 
@@ -17,7 +20,7 @@ $(STAMP): $(PYPROJECTS) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip hatchling editables
 	$(BIN)/python -m pip install --quiet --no-build-isolation \
-		$(foreach m,$(MEMBERS),-e $(m)) -e '.[test]'
+		$(foreach m,$(MEMBERS) $(EXAMPLE_PLUGINS),-e $(m)) -e '.[test]'
 	touch $@
 
 demo: $(STAMP)

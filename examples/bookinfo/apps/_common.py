@@ -58,8 +58,11 @@ _log_lock = threading.Lock()
 def log(message):
     line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {INSTANCE} {message}\n"
     with _log_lock:
-        sys.stdout.write(line)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass  # nobody reads our stdout any more; keep serving
 
 
 # --------------------------------------------------------------------------- serving
@@ -109,8 +112,8 @@ def html_reply(status, text, headers=()):
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "bookinfo"
-    sys_version = ""
     timeout = 120  # close idle keep-alive connections after this long
+    disable_nagle_algorithm = True  # headers and body go out as two writes
     app = None     # set by serve()
 
     def handle(self):
@@ -118,6 +121,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             super().handle()
         except (ConnectionError, TimeoutError):
             self.close_connection = True  # the client went away; nothing to tell it
+        finally:
+            close_pool()  # this thread's outbound connections die with it
 
     def _dispatch(self):
         start = time.monotonic()
@@ -134,12 +139,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header(name, value)
             if self.close_connection:
                 self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            outcome = ""
+            try:
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+            except ConnectionError:
+                self.close_connection, outcome = True, " client-disconnected"
             ms = (time.monotonic() - start) * 1000
             rid = self.headers.get("x-request-id", "-")
-            log(f'"{self.command} {self.path}" {status} {len(body)} {ms:.1f}ms rid={rid}')
+            log(f'"{self.command} {self.path}" {status} {len(body)} {ms:.1f}ms rid={rid}{outcome}')
         finally:
             server.leave()
 
@@ -163,6 +172,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return reply(500, "internal error\n")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+
+    def version_string(self):
+        return self.server_version
 
     def log_request(self, code="-", size="-"):
         pass  # _dispatch logs, with the duration
@@ -208,7 +220,11 @@ def serve(app):
     """Serve ``app`` on 127.0.0.1:$PORT until SIGTERM or SIGINT."""
     port = int(env("PORT", "9080"))
     handler = type("Handler", (_Handler,), {"app": staticmethod(app)})
-    server = _Server(("127.0.0.1", port), handler)
+    try:
+        server = _Server(("127.0.0.1", port), handler)
+    except OSError as exc:
+        log(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}")
+        sys.exit(1)
 
     def stop(signum, frame):
         server.draining = True
@@ -251,6 +267,12 @@ def service_url(service, path):
     return base.rstrip("/") + path
 
 
+def close_pool():
+    """Close the calling thread's outbound keep-alive connections."""
+    for conn in _local.__dict__.pop("pool", {}).values():
+        conn.close()
+
+
 def _exchange(conn, target, headers, deadline):
     def remaining():
         left = deadline - time.monotonic()
@@ -267,7 +289,7 @@ def _exchange(conn, target, headers, deadline):
     chunks, size = [], 0
     while True:
         remaining()
-        chunk = resp.read1(65536)
+        chunk = resp.read(65536)  # read(), unlike read1(), releases the connection at the end
         if not chunk:
             return resp.status, b"".join(chunks)
         size += len(chunk)

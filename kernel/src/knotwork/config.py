@@ -20,6 +20,16 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import cattrs
 import yaml
+from cattrs._compat import is_hetero_tuple, is_tuple
+from cattrs.cols import (
+    homogenous_tuple_structure_factory,
+    is_any_set,
+    is_frozenset,
+    is_mapping,
+    is_mutable_sequence,
+    is_sequence,
+    list_structure_factory,
+)
 from cattrs.errors import ForbiddenExtraKeysError
 
 from .model import MeshSettings
@@ -27,7 +37,7 @@ from .model import MeshSettings
 if TYPE_CHECKING:
     from .kernel import Hooks
 
-__all__ = ["Mesh", "MeshError", "Selection", "find_mesh_file", "load_mesh", "structure"]
+__all__ = ["Mesh", "MeshError", "Selection", "find_mesh_file", "load_mesh", "settings_from_text", "structure"]
 
 MESH_FILE = "knotwork.yaml"
 STATE_DIR = ".knotwork"
@@ -118,6 +128,33 @@ _strict(bool, "true or false", (bool,))
 _converter.register_structure_hook(Path, lambda v, _: Path(v) if isinstance(v, str) else _bad("a path", v))
 
 
+def _collection_hook(t: Any) -> Any:
+    """Lists and mappings as cattrs structures them, but only from a YAML list or
+    mapping: cattrs alone would turn the string ``acme`` into ``('a', 'c', 'm', 'e')``."""
+    if is_mapping(t):
+        expected, accept, inner = "a mapping", dict, _converter.gen_structure_mapping(t)
+    elif is_hetero_tuple(t):
+        expected, accept, inner = "a list", list, _converter.gen_structure_hetero_tuple(t)
+    elif is_tuple(t) or (is_sequence(t) and not is_mutable_sequence(t)):
+        expected, accept, inner = "a list", list, homogenous_tuple_structure_factory(t, _converter)
+    elif is_sequence(t):
+        expected, accept, inner = "a list", list, list_structure_factory(t, _converter)
+    else:
+        expected, accept = "a list", list
+        inner = _converter._structure_frozenset if is_frozenset(t) else _converter._structure_set  # noqa: SLF001
+
+    def hook(value: Any, cl: Any) -> Any:
+        if not isinstance(value, accept):
+            raise TypeError(f"expected {expected}, got {_show(value)}")
+        return inner(value, cl)
+
+    return hook
+
+
+_converter.register_structure_hook_factory(
+    lambda t: is_mapping(t) or is_sequence(t) or is_hetero_tuple(t) or is_any_set(t), _collection_hook)
+
+
 def _bad(expected: str, value: Any) -> Any:
     raise TypeError(f"expected {expected}, got {_show(value)}")
 
@@ -159,7 +196,8 @@ def _compose(text: str, file: str) -> tuple[Any, dict[tuple, int]]:
             for key_node, value_node in n.value:
                 key = constructor.construct_object(key_node, deep=True)
                 if key in out:
-                    problems.append(f"{file}:{key_node.start_mark.line + 1}: {_dotted((*path, key))}: duplicate key")
+                    problems.append(f"{file}:{key_node.start_mark.line + 1}: {_dotted((*path, key))}: "
+                                    f"expected each key once, got {key!r} again")
                 out[key] = build(value_node, (*path, key))
             return out
         if isinstance(n, yaml.SequenceNode):
@@ -236,7 +274,8 @@ class _Report:
     def structure(self, data: Any, cls: type, path: tuple) -> Any:
         self.secrets.update(_secret_paths(cls, data, path))
         try:
-            return _converter.structure(data if data is not None else {}, cls)
+            with attrs.validators.disabled():  # run by _validate, so each failure names its field
+                obj = _converter.structure(data if data is not None else {}, cls)
         except Exception as exc:  # noqa: BLE001 - every cattrs failure becomes a problem line
             if isinstance(data, (list, str, int)) and attrs.has(cls):
                 self.add(path, f"expected a mapping, got {_show(data)}")
@@ -244,10 +283,54 @@ class _Report:
             for sub_path, message in _walk(exc, path):
                 self.add(sub_path, message)
             return None
+        before = len(self.problems)
+        self._validate(obj, path)
+        return obj if len(self.problems) == before else None
+
+    def _validate(self, value: Any, path: tuple) -> None:
+        """Run the attrs validators of `value` and everything in it, naming each failing field."""
+        if attrs.has(type(value)):
+            for field in attrs.fields(type(value)):
+                item = getattr(value, field.name)
+                if field.validator is not None:
+                    try:
+                        field.validator(value, field, item)
+                    except (TypeError, ValueError) as exc:
+                        text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+                        self.add((*path, field.name), text if text.startswith("expected")
+                                 else f"expected a valid value, got an error: {text}")
+                        continue
+                self._validate(item, (*path, field.name))
+        elif isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                self._validate(item, (*path, i))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self._validate(item, (*path, key))
+
+    def settings(self, data: Any, cls: type, path: tuple) -> Any:
+        """Structure one settings section, then add its own cross-field `problems()`."""
+        obj = self.structure(data, cls, path)
+        if obj is not None:
+            for sub_path, message in getattr(obj, "problems", lambda: [])():
+                self.add((*path, *sub_path), message)
+        return obj
 
     def raise_if_any(self) -> None:
         if self.problems:
             raise MeshError([text for _, text in sorted(self.problems)])
+
+
+def settings_from_text(text: str, cls: type, file: str = "settings.yaml") -> Any:
+    """Parse one settings section (YAML) into `cls` exactly as a mesh file's section is.
+
+    Raises :class:`MeshError` with every problem, paths relative to the section.
+    """
+    data, lines = _compose(text, file)
+    report = _Report(file, lines, data)
+    obj = report.settings(data, cls, ())
+    report.raise_if_any()
+    return obj
 
 
 def find_mesh_file(target: str | Path | None) -> Path:
@@ -265,7 +348,7 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
         raise MeshError([f"{path}:0: (file): expected a readable mesh file, got {exc.strerror or exc}"]) from None
     data, lines = _compose(text, str(path))
     if not isinstance(data, dict):
-        raise MeshError([f"{path}:1: (document): expected a mapping, got {_show(data)}"])
+        raise MeshError([f"{path}:{lines.get((), 1)}: (document): expected a mapping, got {_show(data)}"])
     if engine:
         data.setdefault("plugins", {})
         if isinstance(data["plugins"], dict):
@@ -288,8 +371,9 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
                 report.add(where, f"expected an installed {human} ({installed}), got {name!r}")
                 continue
             records[name] = record
-            if role in STRATEGY_ROLES and selection.engine not in record.engines:
-                report.add(where, f"expected a {human} that supports engine {selection.engine!r}, "
+            engine_known = selection.engine in registry["proxy_engines"]
+            if role in STRATEGY_ROLES and engine_known and selection.engine not in record.engines:
+                report.add(where, f"expected {'an' if human[0] in 'aeiou' else 'a'} {human} that supports engine {selection.engine!r}, "
                                   f"got {name!r} (supports: {', '.join(sorted(record.engines))})")
     plugin_names = hooks.plugin_names()
     for i, name in enumerate(selection.extra):
@@ -305,10 +389,8 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
     for name, record in records.items():
         if record.settings is None:
             continue
-        obj = report.structure(data.get(name), record.settings, (name,))
+        obj = report.settings(data.get(name), record.settings, (name,))
         if obj is not None:
-            for sub_path, message in getattr(obj, "problems", lambda: [])():
-                report.add((name, *sub_path), message)
             sections[name] = obj
     report.raise_if_any()
     return Mesh(path=path, mesh=settings, plugins=selection, settings=sections)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,28 @@ from .config import Mesh
 from .distribution import SnapshotCache
 from .kernel import Hooks
 from .model import PlatformSnapshot
-from .proxyconfig import TYPE_ORDER, SnapshotBuilder, wire
-from .records import CompileInput, ComponentContext
+from .proxyconfig import TYPE_ORDER, ProxySnapshot, SnapshotBuilder, wire
+from .records import CompileInput, Compiler, ComponentContext
 from .wire import JSONCodec, JsonService, unary
 
-__all__ = ["ControlPlane"]
+__all__ = ["ControlPlane", "compile_proxy"]
 
 log = structlog.get_logger("knotwork.control")
 DEBOUNCE = 0.02
+
+
+def compile_proxy(compilers: Iterable[Compiler], inp: CompileInput) -> ProxySnapshot:
+    """Run `compilers` (already in run order) for one proxy and return its checked snapshot.
+
+    Each compiler writes only its declared slots (:class:`~knotwork.proxyconfig.SlotError`
+    otherwise); the result passes :meth:`~knotwork.proxyconfig.ProxySnapshot.check`
+    (:class:`~knotwork.proxyconfig.ConsistencyError` otherwise). The control plane
+    and :func:`knotwork.testing.compile_node` both compile through here.
+    """
+    builder = SnapshotBuilder()
+    for compiler in compilers:
+        compiler.compile(builder.as_compiler(compiler.name, compiler.slots), inp)
+    return builder.snapshot()
 
 
 class ControlPlane:
@@ -118,11 +133,8 @@ class ControlPlane:
         for node in proxies:
             inp = CompileInput(self.mesh.mesh, node, services, frozen_eps, frozen_res,
                                self.mesh.selection_map(), workloads, proxies)
-            builder = SnapshotBuilder()
             try:
-                for compiler in self.compilers:
-                    compiler.compile(builder.as_compiler(compiler.name, compiler.slots), inp)
-                snapshot = builder.snapshot()
+                snapshot = compile_proxy(self.compilers, inp)
             except Exception as exc:  # noqa: BLE001 - a failed compile keeps the last good config
                 self.compile_errors[node.id] = f"{type(exc).__name__}: {exc}"
                 log.error("compile failed; proxy keeps its last good config", node=node.id, error=str(exc))

@@ -22,7 +22,7 @@ import structlog
 from . import hookspecs
 from .records import AREAS, CliCommand, Compiler
 
-__all__ = ["Hooks", "PluginError", "PluginInfo", "make_plugin_manager"]
+__all__ = ["Hooks", "PluginError", "PluginInfo", "check_pending", "make_plugin_manager", "register"]
 
 log = structlog.get_logger("knotwork.kernel")
 PROJECT = "knotwork"
@@ -73,7 +73,7 @@ def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[tuple[st
             except Exception as exc:  # noqa: BLE001 - a broken plugin must be named
                 raise PluginError(f"plugin/{ep.name}: cannot be loaded: {exc!r}") from exc
             register(pm, module, ep.name, ep.dist)
-    pm.check_pending()
+    check_pending(pm)
     if os.environ.get("KNOTWORK_TRACE_HOOKS") == "1":
         pm.add_hookcall_monitoring(
             lambda hook, impls, kwargs: log.info("hook call", hook=hook, plugins=[i.plugin_name for i in impls], kwargs=kwargs),
@@ -84,9 +84,23 @@ def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[tuple[st
 
 def register(pm: pluggy.PluginManager, plugin: object, name: str, dist: Any = None) -> None:
     """Register one plugin, refusing async hook implementations by name."""
-    pm.register(plugin, name=name)
+    try:
+        pm.register(plugin, name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        raise PluginError(f"plugin/{name}: {' '.join(str(exc).split())}") from exc
     _check_impls(pm, plugin, name)
     pm.knotwork_dists[name] = dist  # type: ignore[attr-defined]
+
+
+def check_pending(pm: pluggy.PluginManager) -> None:
+    """Refuse hook implementations without a spec (a misspelled hook name), naming the plugin."""
+    known = sorted(name for name, caller in vars(pm.hook).items() if caller.spec is not None)
+    for hook_name, caller in sorted(vars(pm.hook).items()):
+        for impl in caller.get_hookimpls() if caller.spec is None else ():
+            if not impl.optionalhook:
+                raise PluginError(f"plugin/{impl.plugin_name}: implements unknown hook {hook_name!r}; "
+                                  f"is it misspelled? (known hooks: {', '.join(known)})")
+    pm.check_pending()
 
 
 _KINDS = {
@@ -111,36 +125,50 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._registry: dict[str, dict[str, Any]] | None = None
-        self._packages = {
-            (p.__name__.split(".")[0] if isinstance(p, ModuleType) else type(p).__module__.split(".")[0]): n
-            for n, p in pm.list_name_plugin()
-        }
+        self._registry_key: tuple[tuple[str, int], ...] = ()
 
     # -- plumbing ---------------------------------------------------------
-    def _call(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        results = getattr(self.pm.hook, hook_name)(**kwargs)
-        for result in results if isinstance(results, list) else [results]:
+    def _call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call each plugin's implementation (through pluggy, in pluggy's call order).
+
+        Returns ``(plugin name, result)`` for every non-None result, so each
+        result is attributed to the plugin that returned it; a firstresult hook
+        stops at the first. A coroutine result is refused, naming its plugin.
+        """
+        caller = getattr(self.pm.hook, hook_name)
+        impls = caller.get_hookimpls()
+        first = bool(caller.spec and caller.spec.opts.get("firstresult"))
+        out: list[tuple[str, Any]] = []
+        for impl in reversed(impls):
+            subset = self.pm.subset_hook_caller(hook_name, [i.plugin for i in impls if i is not impl])
+            result = subset(**kwargs)
+            if isinstance(result, list) and not first:
+                result = result[0] if result else None
             if inspect.iscoroutine(result) or inspect.isasyncgen(result):
-                code = getattr(result, "cr_code", None) or getattr(result, "ag_code", None)
-                culprit = next(
-                    (i.plugin_name for i in getattr(self.pm.hook, hook_name).get_hookimpls()
-                     if getattr(i.function, "__code__", None) is code), "?")
-                result.close() if hasattr(result, "close") else None
-                raise PluginError(f"plugin/{culprit}: hook {hook_name} returned a coroutine; hooks must be synchronous")
-        return results
+                result.close()
+                raise PluginError(f"plugin/{impl.plugin_name}: hook {hook_name} returned a coroutine; "
+                                  "hooks must be synchronous")
+            if result is not None:
+                out.append((impl.plugin_name, result))
+                if first:
+                    break
+        return out
 
     def plugin_of(self, obj: Any) -> str:
         """The plugin whose package defines `obj` (a factory or function)."""
+        packages = {
+            (p.__name__.split(".")[0] if isinstance(p, ModuleType) else type(p).__module__.split(".")[0]): n
+            for n, p in self.pm.list_name_plugin()
+        }
         module = getattr(obj, "__module__", None) or type(obj).__module__
-        return self._packages.get(module.split(".")[0], module.split(".")[0])
+        return packages.get(module.split(".")[0], module.split(".")[0])
 
     def _collect(self, kind: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
-        for batch in self._call(_KINDS[kind]):
+        order = {name: i for i, (name, _) in enumerate(self.pm.list_name_plugin())}
+        for plugin, batch in sorted(self._call(_KINDS[kind]), key=lambda pair: order.get(pair[0], 0)):
             for record in batch or ():
-                fn = getattr(record, "factory", None) or getattr(record, "compile", None) or getattr(record, "run", None) \
-                    or getattr(record, "proxy", None)
-                record = attrs.evolve(record, plugin=self.plugin_of(fn))
+                record = attrs.evolve(record, plugin=plugin)
                 if record.name in found:
                     raise PluginError(
                         f"plugin/{record.plugin}: {kind} name {record.name!r} is already provided by "
@@ -151,14 +179,16 @@ class Hooks:
 
     def distribution(self, plugin: str) -> str:
         dist = self.pm.knotwork_dists.get(plugin)  # type: ignore[attr-defined]
-        return f"{dist.name} {dist.version}" if dist is not None else "not installed (registered directly)"
+        return f"{dist.name} {dist.version}" if dist is not None else "registered directly"
 
     # -- registration hooks ----------------------------------------------
     def registry(self) -> dict[str, dict[str, Any]]:
-        """Every registration record by kind and name (called once, cached)."""
-        if self._registry is None:
-            self._registry = {kind: self._collect(kind) for kind in _KINDS}
-            self._check_slots(self._registry["compilers"].values())
+        """Every registration record by kind and name (cached until a plugin is (un)registered)."""
+        key = tuple((name, id(plugin)) for name, plugin in self.pm.list_name_plugin())
+        if self._registry is None or key != self._registry_key:
+            registry = {kind: self._collect(kind) for kind in _KINDS}
+            self._check_slots(registry["compilers"].values())
+            self._registry, self._registry_key = registry, key
         return self._registry
 
     def strategies(self) -> dict[str, dict[str, Any]]:
@@ -189,7 +219,9 @@ class Hooks:
 
     # -- event hooks ------------------------------------------------------
     def attest_workload(self, claim: Any) -> Any:
-        return self._call("knotwork_attest_workload", claim=claim)
+        """The identity proven by the first plugin that knows the claim's credential, else None."""
+        results = self._call("knotwork_attest_workload", claim=claim)
+        return results[0][1] if results else None
 
     def snapshot_published(self, version: str, nodes: Sequence[str], counts: dict[str, int]) -> None:
         self._call("knotwork_snapshot_published", version=version, nodes=nodes, counts=counts)

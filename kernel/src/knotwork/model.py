@@ -93,19 +93,13 @@ def port_protocol(name: str = "", protocol: str | None = None, app_protocol: str
 def resolve_host(host: str, namespace: str, domain: str = "cluster.local") -> str:
     """Resolve a host as Istio does: a short name is relative to `namespace`.
 
-    `reviews` in `default` is `reviews.default.svc.cluster.local`;
-    `reviews.prod` is `reviews.prod.svc.cluster.local`; a name with more dots,
-    a FQDN or a wildcard is returned unchanged.
+    `reviews` in `default` is `reviews.default.svc.cluster.local`; a name
+    with a dot (`bookinfo.com`, a FQDN) or a wildcard is returned unchanged.
     """
     host = host.strip().rstrip(".").lower()
-    if host == "*" or host.startswith("*."):
+    if host == "*" or "." in host:
         return host
-    parts = host.split(".")
-    if len(parts) == 1:
-        return f"{host}.{namespace}.svc.{domain}"
-    if len(parts) == 2:
-        return f"{host}.svc.{domain}"
-    return host
+    return f"{host}.{namespace}.svc.{domain}"
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ __all__ = [
     "Balancer",
     "ConnectionView",
     "Decision",
+    "Releasing",
     "RequestView",
     "ResponseInfo",
     "Router",
@@ -83,6 +84,14 @@ class Balancer(Protocol):
 
     def pick(self, request: RequestView | None, exclude: Sequence[LbEndpoint] = ()) -> LbEndpoint | None:
         """Return a healthy endpoint not in `exclude`, or None (flag UH)."""
+
+
+@runtime_checkable
+class Releasing(Protocol):
+    """Optional ability of a balancer that tracks load (least request)."""
+
+    def release(self, endpoint: LbEndpoint) -> None:
+        """Called once per picked endpoint when that request or attempt ends."""
 
 
 class Decision(enum.Enum):

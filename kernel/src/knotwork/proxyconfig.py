@@ -279,8 +279,8 @@ TYPE_ORDER: tuple[str, ...] = tuple(RESOURCE_TYPES)
 
 #: The converter for the wire and for content hashes.
 wire = cattrs.Converter(forbid_extra_keys=True)
-wire.register_structure_hook(Mapping[str, str], lambda v, _: dict(v))
-wire.register_structure_hook(Mapping[str, Any], lambda v, _: dict(v))
+# Generic aliases are not classes: singledispatch refuses them, so match by predicate.
+wire.register_structure_hook_func(lambda t: t in (Mapping[str, str], Mapping[str, Any]), lambda v, _: dict(v))
 
 
 def content_version(resource: Any) -> str:

@@ -1,0 +1,290 @@
+"""Test one Knotwork plugin in isolation: the kernel's pytest plugin.
+
+Installed with knotwork-kernel (``pytest11`` entry point ``knotwork``), so every
+test can use these fixtures without importing anything:
+
+=================  ============================================================
+``plugin_manager`` a fresh :class:`pluggy.PluginManager` with the specs only
+``hooks``          the kernel's typed facade (:class:`knotwork.kernel.Hooks`) over it
+``register_plugin`` ``register_plugin(obj, name=None)``; unregistered at teardown
+``hook_recorder``  a :class:`HookRecorder`: every hook call, its kwargs and results
+``capture_logs``   structlog events logged during the test, as dicts
+=================  ============================================================
+
+and these helpers (import them from ``knotwork.testing``): :func:`make_request`,
+:func:`make_connection`, :func:`make_response` (per-request fakes),
+:func:`make_service`, :func:`make_endpoint`, :func:`make_node`,
+:func:`make_snapshot` (model builders), :func:`compile_node` (run compilers as
+the control plane does), :func:`settings_from_yaml` and :func:`mesh_from_yaml`
+(settings and mesh files with the kernel's strict rules and error lines).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pluggy
+import pytest
+import structlog.testing
+
+from . import kernel
+from .config import Mesh, Selection, load_mesh, settings_from_text
+from .model import Endpoint, MeshSettings, PlatformSnapshot, ProxyNode, Resource, Service, ServicePort, port_protocol
+from .proxyconfig import ProxySnapshot
+from .records import CompileInput
+
+__all__ = [
+    "FakeConnection",
+    "FakeRequest",
+    "FakeResponse",
+    "HookCall",
+    "HookRecorder",
+    "compile_node",
+    "make_connection",
+    "make_endpoint",
+    "make_node",
+    "make_request",
+    "make_response",
+    "make_service",
+    "make_snapshot",
+    "mesh_from_yaml",
+    "settings_from_yaml",
+]
+
+# ── fixtures: a plugin manager of your own ───────────────────────────────────
+
+
+@pytest.fixture
+def plugin_manager() -> pluggy.PluginManager:
+    """A fresh plugin manager with Knotwork's hook specs and no plugins (no entry points)."""
+    return kernel.make_plugin_manager(entry_points=False)
+
+
+@pytest.fixture
+def hooks(plugin_manager: pluggy.PluginManager) -> kernel.Hooks:
+    """The typed facade over `plugin_manager`; sees plugins registered later too."""
+    return kernel.Hooks(plugin_manager)
+
+
+@pytest.fixture
+def register_plugin(plugin_manager: pluggy.PluginManager) -> Iterator[Any]:
+    """``register_plugin(obj, name=None) -> obj``: register a plugin (a module or an
+    object with ``@hookimpl`` methods) the way the kernel does — ``async def``
+    implementations and misspelled hook names raise :class:`~knotwork.kernel.PluginError`.
+    The name defaults to the module's or class's name; unregistered at teardown."""
+    registered: list[object] = []
+
+    def register(obj: object, name: str | None = None) -> object:
+        name = name or getattr(obj, "__name__", None) or type(obj).__name__
+        kernel.register(plugin_manager, obj, name)
+        registered.append(obj)
+        try:
+            kernel.check_pending(plugin_manager)
+        except kernel.PluginError:
+            plugin_manager.unregister(obj)
+            raise
+        return obj
+
+    yield register
+    for obj in registered:
+        if plugin_manager.is_registered(obj):
+            plugin_manager.unregister(obj)
+
+
+@attrs.frozen
+class HookCall:
+    """One recorded hook call: `plugins` are the implementations called."""
+
+    name: str
+    kwargs: Mapping[str, Any]
+    plugins: tuple[str, ...]
+    results: Any = None  # a list, or one value for firstresult hooks
+    exception: BaseException | None = None
+
+
+class HookRecorder:
+    """Records every hook call of a plugin manager (cf. pytest's ``HookRecorder``).
+
+    The facade calls each plugin's implementation separately, so a hook
+    implemented by two plugins shows up as two calls.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._calls: list[HookCall] = []
+        self._undo = pm.add_hookcall_monitoring(lambda *_: None, self._after)
+
+    def _after(self, outcome: Any, name: str, impls: Any, kwargs: Mapping[str, Any]) -> None:
+        results = None if outcome.exception else outcome.get_result()
+        self._calls.append(HookCall(name, dict(kwargs), tuple(i.plugin_name for i in impls), results, outcome.exception))
+
+    def calls(self, name: str | None = None) -> list[HookCall]:
+        """The calls so far, in order; only those of hook `name` if given."""
+        return [c for c in self._calls if name is None or c.name == name]
+
+    def clear(self) -> None:
+        self._calls.clear()
+
+    def finish_recording(self) -> None:
+        self._undo()
+
+
+@pytest.fixture
+def hook_recorder(plugin_manager: pluggy.PluginManager) -> Iterator[HookRecorder]:
+    """A :class:`HookRecorder` on `plugin_manager`: ``hook_recorder.calls("knotwork_routers")``."""
+    recorder = HookRecorder(plugin_manager)
+    yield recorder
+    recorder.finish_recording()
+
+
+@pytest.fixture
+def capture_logs() -> Iterator[list[dict[str, Any]]]:
+    """structlog events logged during the test, as dicts (``event``, ``log_level``, …)."""
+    with structlog.testing.capture_logs() as logs:
+        yield logs
+
+
+# ── per-request fakes (knotwork.protocols) ───────────────────────────────────
+
+
+@attrs.define
+class FakeConnection:
+    """A :class:`~knotwork.protocols.ConnectionView`."""
+
+    peer_address: tuple[str, int] = ("127.0.0.1", 40000)
+    local_address: tuple[str, int] = ("127.0.0.1", 15006)
+    peer_identity: str | None = None
+    tls: bool = False
+
+
+@attrs.define
+class FakeRequest:
+    """A :class:`~knotwork.protocols.RequestView`; `headers` keys are lower-case."""
+
+    method: str
+    path: str
+    authority: str
+    connection: FakeConnection
+    headers: dict[str, str] = attrs.Factory(dict)
+    principal: str | None = None
+    source_labels: dict[str, str] = attrs.Factory(dict)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@attrs.define
+class FakeResponse:
+    """A :class:`~knotwork.protocols.ResponseInfo`."""
+
+    status: int = 200
+    flags: str = "-"
+    upstream: str | None = None
+    cluster: str | None = None
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    duration: float = 0.0
+
+
+def make_connection(peer_identity: str | None = None, *, tls: bool | None = None, **fields: Any) -> FakeConnection:
+    """A connection; `tls` defaults to true when a peer identity is given."""
+    return FakeConnection(peer_identity=peer_identity, tls=peer_identity is not None if tls is None else tls, **fields)
+
+
+def make_request(method: str = "GET", path: str = "/", authority: str = "x", headers: Mapping[str, str] | None = None,
+                 peer_identity: str | None = None, source_labels: Mapping[str, str] | None = None, *,
+                 principal: str | None = None, connection: FakeConnection | None = None) -> FakeRequest:
+    """A request as an engine would hand it to a router, authenticator or authorizer."""
+    return FakeRequest(method, path, authority.lower(), connection or make_connection(peer_identity),
+                       {k.lower(): v for k, v in (headers or {}).items()}, principal, dict(source_labels or {}))
+
+
+def make_response(status: int = 200, **fields: Any) -> FakeResponse:
+    """How a request ended, for telemetry sinks."""
+    return FakeResponse(status=status, **fields)
+
+
+# ── model builders ───────────────────────────────────────────────────────────
+
+
+def make_service(name: str = "reviews", namespace: str = "default", ports: Iterable[Any] = ((9080, "http"),),
+                 **fields: Any) -> Service:
+    """A service; each port is a number, ``(number, name)`` or a :class:`ServicePort`
+    (the protocol comes from the name, as in Istio)."""
+    def port(p: Any) -> ServicePort:
+        if isinstance(p, ServicePort):
+            return p
+        number, pname = (p, "") if isinstance(p, int) else p
+        return ServicePort(number, pname, port_protocol(pname))
+
+    return Service(name, namespace, tuple(port(p) for p in ports), **fields)
+
+
+def make_endpoint(service: str = "reviews", port: int = 9080, address: str = "127.0.0.1", *,
+                  target_port: int | None = None, namespace: str = "default", domain: str = "cluster.local",
+                  **fields: Any) -> Endpoint:
+    """An endpoint of `service` (a short name or FQDN) on service port `port`."""
+    fqdn = service if "." in service else f"{service}.{namespace}.svc.{domain}"
+    return Endpoint(fqdn, port, address, target_port or port, **fields)
+
+
+def make_node(workload: str = "reviews", kind: str = "sidecar", namespace: str = "default", **fields: Any) -> ProxyNode:
+    """A proxy node with id ``<kind>~<workload>`` unless `id` is given."""
+    fields.setdefault("id", f"{kind}~{workload}")
+    return ProxyNode(kind=kind, workload=workload, namespace=namespace, **fields)
+
+
+def make_snapshot(platform: str = "test", version: int = 1, **fields: Any) -> PlatformSnapshot:
+    """A :class:`PlatformSnapshot`; iterables are turned into tuples."""
+    return PlatformSnapshot(platform, version, **{k: tuple(v) if k != "synced" else v for k, v in fields.items()})
+
+
+def compile_node(hooks: kernel.Hooks, node: ProxyNode, *, services: Iterable[Service] = (),
+                 endpoints: Iterable[Endpoint] = (), resources: Iterable[Resource] = (),
+                 selection: Mapping[str, Any] | None = None, mesh: MeshSettings | None = None,
+                 workloads: Iterable[Any] = (), proxies: Iterable[ProxyNode] | None = None) -> ProxySnapshot:
+    """Compile `node`'s config with every registered compiler, as the control plane does.
+
+    `selection` overrides the defaults of the mesh file's ``plugins:`` section.
+    Raises what compilation raises (:class:`~knotwork.proxyconfig.SlotError`,
+    :class:`~knotwork.proxyconfig.ConsistencyError`, the compiler's own errors).
+    """
+    from .control import compile_proxy  # imported late: grpclib is heavy for a pytest plugin
+
+    by_port: dict[tuple[str, int], list[Endpoint]] = {}
+    for ep in endpoints:
+        by_port.setdefault((ep.service, ep.service_port), []).append(ep)
+    by_kind: dict[str, list[Resource]] = {}
+    for res in resources:
+        by_kind.setdefault(res.kind, []).append(res)
+    chosen = {**attrs.asdict(Selection()), **(selection or {})}
+    inp = CompileInput(mesh or MeshSettings(), node, tuple(services), {k: tuple(v) for k, v in by_port.items()},
+                       {k: tuple(v) for k, v in by_kind.items()}, chosen, tuple(workloads),
+                       tuple(proxies) if proxies is not None else (node,))
+    return compile_proxy(hooks.compilers(), inp)
+
+
+# ── settings and mesh files ──────────────────────────────────────────────────
+
+
+def _dedent(text: str) -> str:
+    """Dedent a triple-quoted YAML text; a leading newline is dropped, so line 1 is the first line."""
+    return textwrap.dedent(text).removeprefix("\n")
+
+
+def settings_from_yaml(text: str, cls: type, file: str = "settings.yaml") -> Any:
+    """Structure one settings section written in YAML into `cls`, exactly as the
+    mesh file's section would be (strict types, unknown keys refused, `problems()`).
+    Raises :class:`~knotwork.config.MeshError`; its `problems` are the lines
+    ``settings.yaml:LINE: dotted.path: expected X, got Y``."""
+    return settings_from_text(_dedent(text), cls, file)
+
+
+def mesh_from_yaml(tmp_path: Path, text: str, hooks: kernel.Hooks) -> Mesh:
+    """Write `text` (dedented) to ``tmp_path/knotwork.yaml`` and load it with the plugins of `hooks`."""
+    path = Path(tmp_path) / "knotwork.yaml"
+    path.write_text(_dedent(text))
+    return load_mesh(path, hooks)

@@ -1,0 +1,188 @@
+"""`knotwork up` and `knotwork status` (and the records of every local command)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from knotwork.cli import UsageError, configure_logging
+from knotwork.config import STATE_DIR, find_mesh_file, load_mesh
+from knotwork.control import admin_call
+from knotwork.records import CliCommand
+
+from . import logs
+from .ports import plan_ports
+from .process import describe_exit
+from .settings import LocalSettings
+from .state import is_running, read_state, route_lines
+from .supervisor import Launch, Supervisor
+
+__all__ = ["COMMANDS", "run_status", "run_up"]
+
+log = structlog.get_logger("knotwork.local").bind(plugin="local")
+
+HARD_STOP = 5.0  # seconds after the first signal when `up` exits no matter what
+
+
+# ── up ────────────────────────────────────────────────────────────────────────
+
+
+def configure_up(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="mesh directory (with knotwork.yaml) or mesh file")
+    p.add_argument("--ingress-port", type=int, metavar="N", help="ingress on 127.0.0.1:N (default: local.ingress.port, else free)")
+    p.add_argument("--engine", metavar="NAME", help="override the mesh file's proxy engine")
+    p.add_argument("--quiet", action="store_true", help="print only the ingress URL and problems")
+    p.add_argument("--control-command", help=argparse.SUPPRESS)  # tests: replaces `python -m knotwork control`
+    p.add_argument("--proxy-command", help=argparse.SUPPRESS)  # tests: replaces `python -m knotwork proxy`
+    p.set_defaults(mesh=None)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    mesh = load_mesh(args.dir, args.hooks, engine=args.engine)
+    if mesh.plugins.platform != "local":
+        raise UsageError(f"runs the local platform; {mesh.path} selects platform {mesh.plugins.platform!r}")
+    settings = mesh.settings.get("local") or LocalSettings()
+    existing = read_state(mesh.state_dir)
+    if is_running(existing):
+        raise UsageError(f"this mesh is already running (knotwork up pid {existing['up']['pid']}); "
+                         f"see `knotwork status --mesh {mesh.dir}`")
+    if args.ingress_port is not None and not 1 <= args.ingress_port <= 65535:
+        raise UsageError(f"--ingress-port: expected a port 1-65535, got {args.ingress_port}")
+    mesh.state_dir.mkdir(mode=0o700, exist_ok=True)
+    try:
+        plan = plan_ports(settings, domain=mesh.mesh.domain, ingress_port=args.ingress_port)
+    except ValueError as exc:
+        where = "--ingress-port" if args.ingress_port is not None else "local.ingress.port"
+        raise UsageError(f"{where}: {exc}") from None
+    defaults = Launch()
+    launch = Launch(
+        control=tuple(shlex.split(args.control_command)) if args.control_command else defaults.control,
+        proxy=tuple(shlex.split(args.proxy_command)) if args.proxy_command else defaults.proxy,
+    )
+    if args.quiet:
+        configure_logging("warning")
+    supervisor = Supervisor(mesh_path=mesh.path, settings=settings, mesh=mesh.mesh, plan=plan,
+                            engine=mesh.plugins.engine, launch=launch, quiet=args.quiet,
+                            route_lines=route_lines(mesh.path))
+    try:
+        anyio.run(_up, supervisor, backend="asyncio")
+    except OSError as exc:
+        print(f"knotwork up: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _up(supervisor: Supervisor) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def on_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    if not supervisor.stopping:
+                        log.info("stopping the mesh", signal=signal.Signals(signum).name)
+                        timer = threading.Timer(HARD_STOP, os._exit, (1,))
+                        timer.daemon = True
+                        timer.start()
+                    supervisor.stop()
+
+        tg.start_soon(on_signals)
+        await supervisor.run()
+        tg.cancel_scope.cancel()
+
+
+# ── status ──────────────────────────────────────────────────────────────────
+
+
+def configure_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mesh", metavar="DIR", help="mesh directory or file (default: the current directory)")
+    p.add_argument("--output", "-o", choices=("table", "json"), default="table", help="output format")
+
+
+def state_dir_of(target: str | None) -> Path:
+    return find_mesh_file(target).absolute().parent / STATE_DIR
+
+
+async def _control_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        with anyio.fail_after(2.0):
+            status = await admin_call(state_dir, "status")
+            proxies = await admin_call(state_dir, "proxy_status")
+    except Exception:  # noqa: BLE001 - the table shows what state.json knows without it
+        return None
+    return {**status, "proxies": {p["node"]: p for p in proxies.get("proxies", ())}}
+
+
+def run_status(args: argparse.Namespace) -> int:
+    state_dir = state_dir_of(args.mesh)
+    doc = read_state(state_dir)
+    if not is_running(doc):
+        print(f"knotwork status: no mesh is running in {state_dir.parent} (start it with `knotwork up`)", file=sys.stderr)
+        return 1
+    control = anyio.run(_control_status, state_dir)
+    if args.output == "json":
+        print(json.dumps({**doc, "control_plane": control}, indent=2))
+        return 0
+    print(render_status(doc, control))
+    return 0
+
+
+def _yes(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+def _exit(value: int | None) -> str:
+    return "-" if value is None else describe_exit(value)
+
+
+def render_status(doc: dict[str, Any], control: dict[str, Any] | None) -> str:
+    """The status table of one state document (and the control plane's answer, if any)."""
+    up, ctl, gw = doc["up"], doc["control"], doc["gateway"]
+    uptime = int(time.time() - up["started"])
+    proxies = (control or {}).get("proxies", {})
+
+    def config(node: str) -> str:
+        row = proxies.get(node)
+        return "-" if row is None else f"v{row['version']}" + ("" if row["connected"] else " (disconnected)")
+
+    version = f"config version {control['version']}" if control else "admin socket not answering"
+    lines = [
+        f"mesh     {doc['mesh']}  (knotwork up pid {up['pid']}, engine {up['engine']}, up {uptime // 60}m{uptime % 60:02d}s)",
+        f"control  {ctl['address']}  pid {ctl['pid'] or '-'}  ready {_yes(ctl['ready'])}  restarts {ctl['restarts']}  {version}",
+        f"ingress  {doc['ingress']['url']}  gateway pid {gw['pid'] or '-'}  ready {_yes(gw['ready'])}  "
+        f"restarts {gw['restarts']}  config {config(gw['node'])}",
+        "",
+    ]
+    header = ("WORKLOAD", "INSTANCE", "PID", "READY", "RESTARTS", "LAST EXIT", "SIDECAR", "PROXY PID", "PROXY RESTARTS",
+              "CONFIG", "PORTS")
+    rows = [header]
+    for inst in doc["instances"]:
+        side = inst["sidecar"]
+        ports = " ".join(f"{k}={v}" for k, v in inst["ports"].items())
+        rows.append((inst["workload"], inst["instance"], str(inst["pid"] or "-"), _yes(inst["ready"]),
+                     str(inst["restarts"]), _exit(inst["last_exit"]), _yes(side["ready"]), str(side["pid"] or "-"),
+                     str(side["restarts"]), config(inst["node"]), ports))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return "\n".join(lines)
+
+
+COMMANDS = [
+    CliCommand(name="up", help="run the mesh on this machine: control plane, workloads, sidecars, ingress",
+               configure=configure_up, run=run_up),
+    CliCommand(name="status", help="show the workloads and processes of a running `knotwork up`",
+               configure=configure_status, run=run_status),
+    CliCommand(name="logs", help="print (or follow) the logs of a workload's instances",
+               configure=logs.configure_logs, run=logs.run_logs),
+]

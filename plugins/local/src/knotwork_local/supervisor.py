@@ -1,0 +1,345 @@
+"""The `up` supervisor: a tiny kubelet for one mesh on loopback.
+
+Order: the platform socket, then the control plane, the ingress gateway and
+every sidecar; an instance's app starts once its sidecar answers ``/ready``.
+Crashed processes restart with backoff on the same ports. Stop: apps and
+sidecars get SIGTERM together (sidecars drain), SIGKILL after the budget,
+then the gateway and the control plane; all within 5 seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import structlog
+from anyio.abc import TaskStatus
+
+from knotwork.model import MeshSettings
+
+from . import state
+from .ports import PortPlan
+from .process import Backoff, describe_exit, http_status, signal_group, spawn, tcp_open
+from .settings import LocalSettings
+
+__all__ = ["Launch", "Supervisor"]
+
+log = structlog.get_logger("knotwork.local").bind(plugin="local")
+
+STOP_BUDGET = 4.5  # seconds for the whole ordered stop (the CLI's hard limit is 5)
+CONTROL_WAIT = 15.0  # seconds proxies wait for the control plane's port before starting anyway
+ANNOUNCE_WAIT = 30.0  # seconds the ingress line waits for every instance to have started
+WRITE_DEBOUNCE = 0.05
+
+
+@attrs.frozen
+class Launch:
+    """How each kind of process is started; tests swap in fakes."""
+
+    control: tuple[str, ...] = (sys.executable, "-m", "knotwork", "control")
+    proxy: tuple[str, ...] = (sys.executable, "-m", "knotwork", "proxy")
+
+
+class Supervisor:
+    """Runs and watches every process of one mesh; its state is the platform's truth."""
+
+    def __init__(self, *, mesh_path: Path, settings: LocalSettings, mesh: MeshSettings, plan: PortPlan, engine: str,
+                 launch: Launch = Launch(), quiet: bool = False, out: Callable[[str], None] | None = None,
+                 route_lines: Sequence[int] = ()) -> None:
+        self.mesh_path, self.settings, self.mesh, self.plan, self.engine = mesh_path, settings, mesh, plan, engine
+        self.dir = mesh_path.parent
+        self.state_dir, self.logs = self.dir / ".knotwork", self.dir / ".knotwork" / "logs"
+        self.launch, self.quiet = launch, quiet
+        self.out = out or (lambda line: print(line, flush=True))
+        self.control, self.gateway = state.ProcStatus(), state.ProcStatus()
+        self.instances = {name: state.InstanceStatus(w, name, dict(plan.instances[name]))
+                          for w in settings.workloads for name in w.instance_names()}
+        self.workloads = [state.workload_doc(w, mesh) for w in settings.workloads]
+        self.routes = state.routes_doc(settings, mesh, str(mesh_path), list(route_lines))
+        self.started, self.generation, self.stopping, self.finished = time.time(), 0, False, False
+        self.announced = False
+        self._changed: anyio.Event | None = None  # events need the event loop: made in run()
+        self._stop: anyio.Event | None = None
+        self._ready: dict[str, anyio.Event] = {}
+        self._procs: dict[str, Any] = {}
+        self._shut = False
+
+    # -- state ---------------------------------------------------------------
+    def document(self) -> dict[str, Any]:
+        return state.document(mesh_path=self.mesh_path, up_pid=None if self.finished else os.getpid(),
+                              started=self.started, engine=self.engine, plan=self.plan, control=self.control,
+                              gateway=self.gateway, instances=list(self.instances.values()),
+                              workloads=self.workloads, routes=self.routes)
+
+    def changed(self) -> None:
+        self.generation += 1
+        if self._changed is None:
+            return
+        event, self._changed = self._changed, anyio.Event()
+        event.set()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition()` holds; it is re-checked on every state change."""
+        while not condition():
+            await self._changed.wait()
+
+    def stop(self) -> None:
+        """Ask for the ordered stop; asked twice, kill everything now."""
+        if self.stopping:
+            self.kill_all()
+        self.stopping = True
+        if self._stop is not None:
+            self._stop.set()
+
+    def kill_all(self) -> None:
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                signal_group(proc.pid, signal.SIGKILL)
+
+    # -- lifecycle -------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._changed, self._stop = anyio.Event(), anyio.Event()
+        if self.stopping:
+            self._stop.set()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        (self.state_dir / "control.sock").unlink(missing_ok=True)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._serve_platform)
+                tg.start_soon(self._write_loop)
+                tg.start_soon(self._start_all, tg)
+                task_status.started()
+                await self._stop.wait()
+                await self._shutdown()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+                self.finished = True
+                for status in (self.control, self.gateway, *(s for i in self.instances.values() for s in (i.app, i.sidecar))):
+                    status.pid, status.running, status.ready = None, False, False
+                state.write_state(self.state_dir, self.document())
+                for sock in (state.PLATFORM_SOCKET, "control.sock"):
+                    (self.state_dir / sock).unlink(missing_ok=True)
+                log.info("mesh stopped")
+
+    async def _start_all(self, tg: Any) -> None:
+        base = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        ctl = f"127.0.0.1:{self.plan.control}"
+        mesh_args = ["--mesh", str(self.mesh_path), "--engine", self.engine]
+        tg.start_soon(self._supervise, "control", self.control,
+                      [*self.launch.control, *mesh_args, "--listen", ctl], base, "control.log", None,
+                      lambda proc: self._watch_tcp(self.control, self.plan.control))
+        with anyio.move_on_after(CONTROL_WAIT):
+            await self.until(lambda: self.control.ready)
+        if not self.control.ready:
+            log.warning("control plane not listening yet; starting proxies anyway", log=str(self.logs / "control.log"))
+
+        def proxy_argv(node: str, admin: int) -> list[str]:
+            return [*self.launch.proxy, *mesh_args, "--node", node, "--control", ctl, "--admin-port", str(admin),
+                    "--drain-timeout", str(self.settings.drain_timeout)]
+
+        admin = self.plan.gateway["admin"]
+        tg.start_soon(self._supervise, "gateway", self.gateway, proxy_argv("gateway~ingress", admin), base,
+                      "ingress.proxy.log", None, lambda proc: self._watch_proxy("gateway", self.gateway, admin))
+        for name, inst in self.instances.items():
+            key = f"sidecar:{name}"
+            tg.start_soon(self._supervise, key, inst.sidecar, proxy_argv(inst.node, inst.ports["admin"]), base,
+                          f"{name}.proxy.log", None,
+                          lambda proc, k=key, i=inst: self._watch_proxy(k, i.sidecar, i.ports["admin"]))
+            tg.start_soon(self._supervise, f"app:{name}", inst.app, self._app_argv(inst), self._app_env(inst, base),
+                          f"{name}.log", lambda k=key: self._ready_event(k).wait(),
+                          lambda proc, i=inst: self._watch_app(i))
+        tg.start_soon(self._announce)
+
+    def _app_argv(self, inst: state.InstanceStatus) -> list[str]:
+        command = list(inst.workload.command)
+        return [sys.executable, *command[1:]] if command and command[0] == "python" else command
+
+    def _app_env(self, inst: state.InstanceStatus, base: dict[str, str]) -> dict[str, str]:
+        w, ports = inst.workload, inst.ports
+        proxy = f"http://127.0.0.1:{ports['http_proxy']}"
+        env = {**base, "INSTANCE": inst.instance, "SERVICE_NAME": w.service, "POD_NAMESPACE": w.namespace,
+               "SERVICE_VERSION": w.resolved_labels.get("version", ""), "HTTP_PROXY": proxy, "http_proxy": proxy,
+               "NO_PROXY": "", "no_proxy": ""}
+        for i, p in enumerate(w.ports):
+            env[f"PORT_{p.port}"] = str(ports[f"app:{p.port}"])
+            if i == 0:
+                env["PORT"] = env[f"PORT_{p.port}"]
+        for u in state.workload_doc(w, self.mesh)["upstreams"]:
+            var = "".join(c if c.isalnum() else "_" for c in u["service"]).upper()
+            env.setdefault(f"{var}_ADDR", f"127.0.0.1:{ports[u['key']]}")
+            env[f"{var}_{u['port']}_ADDR"] = f"127.0.0.1:{ports[u['key']]}"
+        return {**env, **w.env}
+
+    def _ready_event(self, key: str) -> anyio.Event:
+        return self._ready.setdefault(key, anyio.Event())
+
+    async def _supervise(self, key: str, status: state.ProcStatus, argv: list[str], env: dict[str, str], log_name: str,
+                         gate: Callable[[], Awaitable[Any]] | None, watch: Callable[[Any], Awaitable[Any]]) -> None:
+        backoff, log_path = Backoff(), self.logs / log_name
+        while not self.stopping:
+            if gate is not None:
+                await gate()
+            if self.stopping:
+                return
+            began = time.monotonic()
+            try:
+                proc = await spawn(argv, env=env, cwd=self.dir, log_path=log_path, truncate=status.started == 0)
+            except OSError as exc:
+                log.error("cannot start", process=key, argv=argv, error=str(exc))
+                proc, returncode = None, 127
+            status.started += 1
+            if proc is not None:
+                self._procs[key] = proc
+                if self.stopping:
+                    signal_group(proc.pid, signal.SIGKILL)
+                status.pid, status.running = proc.pid, True
+                log.info("started", process=key, pid=proc.pid)
+                self.changed()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(watch, proc)
+                    returncode = await proc.wait()
+                    tg.cancel_scope.cancel()
+            status.pid, status.running, status.ready, status.last_exit = None, False, False, returncode
+            if self.stopping:
+                self.changed()
+                return
+            status.restarts += 1
+            delay = backoff.next_delay(time.monotonic() - began)
+            log.warning("exited; restarting", process=key, status=describe_exit(returncode),
+                        restarts=status.restarts, restart_in=delay, log=str(log_path))
+            with open(log_path, "a") as f:
+                f.write(f"--- knotwork: {key} {describe_exit(returncode)}; restart {status.restarts} in {delay} s ---\n")
+            self.changed()
+            with anyio.move_on_after(delay):
+                await self._stop.wait()
+
+    # -- watches: run while the process runs, cancelled when it exits -----------
+    async def _watch_tcp(self, status: state.ProcStatus, port: int) -> None:
+        while not await tcp_open(port, timeout=0.5):
+            await anyio.sleep(0.05)
+        status.ready = True
+        self.changed()
+
+    async def _watch_proxy(self, key: str, status: state.ProcStatus, admin: int) -> None:
+        try:
+            interval = 0.05
+            while await http_status(admin, "/ready", timeout=1.0) != 200:
+                await anyio.sleep(interval)
+                interval = min(interval * 1.3, 0.25)
+            status.ready = True
+            self._ready_event(key).set()
+            log.info("proxy ready", process=key)
+            self.changed()
+            await anyio.sleep_forever()
+        finally:
+            if self._ready_event(key).is_set():
+                self._ready[key] = anyio.Event()
+
+    async def _watch_app(self, inst: state.InstanceStatus) -> None:
+        probe, status, w = inst.workload.readiness, inst.app, inst.workload
+        if probe is None or not w.ports:
+            status.ready = True
+            self.changed()
+            return
+        port, failures, interval = inst.ports[f"app:{w.ports[0].port}"], 0, 0.05
+        while True:
+            if probe.http is not None:
+                code = await http_status(port, probe.http, timeout=probe.timeout)
+                ok = code is not None and 200 <= code < 400
+            else:
+                ok = await tcp_open(port, timeout=probe.timeout)
+            failures = 0 if ok else failures + 1
+            if ok and not status.ready:
+                status.ready = True
+                log.info("ready", instance=inst.instance)
+                self.changed()
+            elif status.ready and failures >= max(1, probe.failure_threshold):
+                status.ready = False
+                log.warning("readiness probe failing", instance=inst.instance, failures=failures)
+                self.changed()
+            await anyio.sleep(probe.period if status.ready else min(interval, probe.period))
+            interval = min(interval * 1.5, probe.period)
+
+    async def _announce(self) -> None:
+        with anyio.move_on_after(ANNOUNCE_WAIT) as waited:
+            await self.until(lambda: self.gateway.ready)
+        if waited.cancelled_caught:
+            log.warning("ingress gateway not ready yet", log=str(self.logs / "ingress.proxy.log"))
+            await self.until(lambda: self.gateway.ready)
+        with anyio.move_on_after(ANNOUNCE_WAIT):
+            await self.until(lambda: all(i.app.started for i in self.instances.values()))
+        not_ready = sorted(n for n, i in self.instances.items() if not i.app.ready)
+        if not_ready:
+            log.warning("instances not ready yet", instances=not_ready)
+        self.announced = True
+        self.out(f"Ingress: http://127.0.0.1:{self.plan.ingress}/")
+        if not self.quiet:
+            self.out(f"  knotwork status --mesh {self.dir}  ·  knotwork logs WORKLOAD --mesh {self.dir}  ·  Ctrl-C stops")
+
+    # -- stop ------------------------------------------------------------------
+    async def _shutdown(self) -> None:
+        if self._shut:
+            return
+        self._shut = self.stopping = True
+        began = time.monotonic()
+        first = [k for k in self._procs if k.startswith(("app:", "sidecar:"))]
+        await self._terminate(first, min(self.settings.drain_timeout + 0.3, STOP_BUDGET - 1.0))
+        await self._terminate(["gateway", "control"], max(0.3, STOP_BUDGET - 0.3 - (time.monotonic() - began)))
+        self.kill_all()
+        self.changed()
+
+    async def _terminate(self, keys: list[str], budget: float) -> None:
+        procs = [self._procs[k] for k in keys if k in self._procs and self._procs[k].returncode is None]
+        for proc in procs:
+            signal_group(proc.pid, signal.SIGTERM)
+        with anyio.move_on_after(budget):
+            for proc in procs:
+                await proc.wait()
+        for proc in procs:
+            if proc.returncode is None:
+                log.warning("did not stop in time; killed", pid=proc.pid)
+                signal_group(proc.pid, signal.SIGKILL)
+        with anyio.move_on_after(0.3):
+            for proc in procs:
+                await proc.wait()
+
+    # -- platform socket and state.json ----------------------------------------
+    async def _serve_platform(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        path = self.state_dir / state.PLATFORM_SOCKET
+        path.unlink(missing_ok=True)
+        old = os.umask(0o177)
+        try:
+            listener = await anyio.create_unix_listener(path)
+        finally:
+            os.umask(old)
+        task_status.started()
+        async with listener:
+            await listener.serve(self._platform_client)
+
+    async def _platform_client(self, stream: Any) -> None:
+        async with stream:
+            try:
+                while True:
+                    generation = self.generation
+                    await stream.send(state.json_line(self.document()))
+                    await self.until(lambda g=generation: self.generation != g)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+
+    async def _write_loop(self) -> None:
+        written = -1
+        while True:
+            await self.until(lambda: self.generation != written)
+            written = self.generation
+            state.write_state(self.state_dir, self.document())
+            await anyio.sleep(WRITE_DEBOUNCE)

@@ -1,0 +1,301 @@
+"""One proxied HTTP request: the request view strategies see, and its response.
+
+An :class:`Exchange` is created when a request's headers are parsed. It is at
+once the :class:`knotwork.protocols.RequestView` given to routers, balancers,
+authenticators and authorizers, and the :class:`knotwork.protocols.ResponseInfo`
+given to telemetry sinks. The forwarding logic (route, attempts, retries,
+timeouts) is in :class:`~knotwork_native.http1_forward.Forwarding`; this module
+holds the request body path, the response path and the bookkeeping.
+
+Output is batched: request bytes queue in ``buf`` and response bytes in
+``out``, and each is written once per read of the other side, so a small
+request or response costs one ``write`` per direction.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import flags as F
+from .http1_forward import Forwarding
+from .runtime import REPLAY_LIMIT
+
+if TYPE_CHECKING:
+    from .http1 import DownstreamProtocol
+    from .upstream import UpstreamConnection
+
+__all__ = ["Exchange"]
+
+_NOBODY, _RAW, _CHUNKED, _CLOSE = 0, 1, 2, 3  # how the response body is framed downstream
+_CHUNK_END = b"0\r\n\r\n"
+_TE_CHUNKED = b"transfer-encoding: chunked\r\n"
+_CONN_CLOSE = b"connection: close\r\n"
+_CONN_KEEP = b"connection: keep-alive\r\n"
+_EMPTY: dict[str, str] = {}
+_BLOCK_UPSTREAM, _BLOCK_BUFFER = 1, 2
+
+
+class Exchange(Forwarding):
+    """One request and its response on a downstream connection."""
+
+    __slots__ = (
+        # RequestView / ResponseInfo
+        "authority", "bytes_received", "bytes_sent", "cluster", "connection", "duration", "flags", "method", "path",
+        "principal", "source_labels", "status", "upstream",
+        # request
+        "buf", "buf_size", "chunked", "connect", "discard", "dp", "head", "head_req", "host_b", "http11", "keep_alive",
+        "live", "lr", "method_b", "parts", "path_b", "proto", "replay", "replay_size", "req_done", "sent_any", "xff", "xfp",
+        # forwarding
+        "crt", "deadline", "endpoint", "fresh", "picked", "plan", "retries", "task", "timer", "tried", "up",
+        # response
+        "close", "finished", "mode", "out", "started", "t0",
+    )
+
+    def __init__(self, proto: DownstreamProtocol, method: str, method_b: bytes, path_b: bytes, host: bytes, keep_alive: bool, http11: bool) -> None:
+        self.proto = proto
+        self.connection = proto
+        self.dp = proto.dp
+        slot = proto.slot
+        self.lr = slot.rt
+        self.source_labels = slot.source_labels or _EMPTY
+        self.method = method
+        self.method_b = method_b
+        self.path_b = path_b
+        self.path = path_b.decode("latin-1")
+        self.host_b = host
+        self.authority = host.decode("latin-1").lower()
+        self.parts = proto.parts
+        self.xff = proto.xff
+        self.xfp = proto.xfp
+        self.chunked = proto.chunked
+        self.keep_alive = keep_alive
+        self.http11 = http11
+        self.connect = method_b == b"CONNECT"
+        self.head_req = method_b == b"HEAD"
+        self.principal: str | None = None
+        self.buf: list[bytes] = []
+        self.buf_size = 0
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        self.req_done = self.discard = self.sent_any = self.live = False
+        self.head = b""
+        self.up: UpstreamConnection | None = None
+        self.plan: Any = None
+        self.crt: Any = None
+        self.cluster: str | None = None
+        self.endpoint: Any = None
+        self.picked: Any = None
+        self.upstream: str | None = None
+        self.tried: list[Any] | None = None
+        self.retries = 0
+        self.fresh = False
+        self.timer: Any = None
+        self.deadline: Any = None
+        self.task: Any = None
+        self.status = 0
+        self.flags = "-"
+        self.mode = _NOBODY
+        self.out: list[bytes] = []
+        self.started = self.finished = self.close = False
+        self.bytes_received = self.bytes_sent = 0
+        self.t0 = self.duration = 0.0
+
+    # ── RequestView ──────────────────────────────────────────────────────
+    def header(self, name: str) -> str | None:
+        """The first value of a request header (name lower-case), or None."""
+        n = name.lower().encode("latin-1")
+        if n == b"host" or n == b":authority":
+            return self.authority
+        parts = self.parts
+        for i in range(0, len(parts), 4):
+            if parts[i] == n:
+                return parts[i + 2].decode("latin-1")
+        if n == b"x-forwarded-for" and self.xff is not None:
+            return self.xff.decode("latin-1")
+        if n == b"x-forwarded-proto" and self.xfp is not None:
+            return self.xfp.decode("latin-1")
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.method} {self.authority}{self.path} status={self.status} flags={self.flags}>"
+
+    # ── request body (called by the downstream protocol) ─────────────────
+    def req_body(self, chunk: bytes) -> None:
+        n = len(chunk)
+        self.bytes_received += n
+        if self.discard:
+            return
+        data = b"%x\r\n%s\r\n" % (n, chunk) if self.chunked else chunk
+        replay = self.replay
+        if replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                replay.append(data)
+        self.buf.append(data)
+        if self.up is None:
+            self.buf_size += len(data)
+            if self.buf_size > REPLAY_LIMIT:
+                self.proto.block(_BLOCK_BUFFER)
+
+    def req_end(self) -> None:
+        self.req_done = True
+        if self.chunked and not self.discard:
+            if self.replay is not None:
+                self.replay.append(_CHUNK_END)
+            self.buf.append(_CHUNK_END)
+            if self.up is not None and not self.proto.feeding:
+                self.flush_up()
+
+    def flush_up(self) -> None:
+        """Write the queued request bytes to the upstream connection."""
+        buf = self.buf
+        up = self.up
+        if not buf or up is None or up.transport is None:
+            return
+        self.buf = []
+        self.sent_any = True
+        if len(buf) == 1:
+            up.transport.write(buf[0])
+        else:
+            up.transport.writelines(buf)
+
+    def up_pause_writing(self) -> None:
+        self.proto.block(_BLOCK_UPSTREAM)
+
+    def up_resume_writing(self) -> None:
+        self.proto.unblock(_BLOCK_UPSTREAM)
+
+    # ── response (called by the upstream connection) ─────────────────────
+    def up_head(self, conn: UpstreamConnection, status: int, keep: bool) -> None:
+        """Response headers arrived: retry, or forward them downstream."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        retry = self.plan.retry
+        if status in retry.statuses and self.retries < retry.attempts and self.can_replay():
+            self.drop_attempt()
+            self.attempt_failed("", f"upstream {self.upstream} answered {status}", True, status)
+            return
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        self.status = status
+        self.started = True
+        if self.head_req or status == 204 or status == 304:
+            mode = _NOBODY
+        elif conn.length and not conn.chunked:
+            mode = _RAW
+        else:
+            mode = _CHUNKED if self.http11 else _CLOSE
+            if not conn.chunked:
+                conn.delimited = True  # the upstream's body ends when it closes
+        self.mode = mode
+        close = self.close = not self.keep_alive or mode == _CLOSE or self.proto.slot.draining
+        head = [F.status_line(status)]
+        head += conn.parts
+        if mode == _CHUNKED:
+            head.append(_TE_CHUNKED)
+        if close:
+            head.append(_CONN_CLOSE)
+        elif not self.http11:
+            head.append(_CONN_KEEP)
+        head.append(b"\r\n")
+        self.out.append(b"".join(head))
+        if self.head_req:
+            # No body follows, but the parser would wait for one: finish here, drop the connection.
+            conn.ex = None
+            conn.keep_alive = False
+            self.up = None
+            self.flush()
+            conn.close()
+            self.finish()
+        elif self.proto.write_paused and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def up_body(self, chunk: bytes) -> None:
+        self.bytes_sent += len(chunk)
+        if self.mode == _CHUNKED:
+            self.out += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+        else:
+            self.out.append(chunk)
+
+    def up_done(self, conn: UpstreamConnection) -> None:
+        """The response is complete: flush it, pool the connection, finish."""
+        self.up = None
+        if self.mode == _CHUNKED:
+            self.out.append(_CHUNK_END)
+        self.flush()
+        conn.pool.release(conn, self.req_done and not self.buf)
+        self.finish()
+
+    def flush(self) -> None:
+        """Write the queued response bytes downstream."""
+        out = self.out
+        if out:
+            self.out = []
+            proto = self.proto
+            if not proto.closed and proto.transport is not None:
+                if len(out) == 1:
+                    proto.transport.write(out[0])
+                else:
+                    proto.transport.writelines(out)
+
+    # ── ending ───────────────────────────────────────────────────────────
+    def reply(self, status: int, flag: str, body: str, headers: bytes = b"", exact: bytes | None = None) -> None:
+        """Answer with a proxy-generated response (or cut the connection if one had started)."""
+        if self.finished:
+            return
+        self.abandon()
+        if self.started:
+            self.flags = F.combine(self.flags, flag)
+            self.close = True
+            self.finish()
+            return
+        self.status = status
+        self.flags = flag or "-"
+        self.started = True
+        close = self.close = not self.keep_alive or self.proto.slot.draining
+        if exact is not None:
+            data = F.local_reply(status, self.flags, "", close=close, headers=headers, head_only=self.head_req, exact=exact)
+        else:
+            data = F.local_reply(status, self.flags, body, close=close, headers=headers, head_only=self.head_req)
+        self.bytes_sent = len(data)
+        proto = self.proto
+        if not proto.closed and proto.transport is not None:
+            proto.transport.write(data)
+        self.finish()
+
+    def finish(self) -> None:
+        """Account the request, tell telemetry, hand the connection back."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None or self.deadline is not None or self.picked is not None:
+            self.abandon(keep_up=True)
+        if self.live:
+            self.dp.request_done(self.flags, self.status)
+            sinks = self.lr.telemetry
+            if sinks:
+                self.duration = self.dp.loop.time() - self.t0
+                for sink in sinks:
+                    try:
+                        sink.request_finished(self, self)
+                    except Exception:  # noqa: BLE001 - a sink must never break the data path
+                        self.dp.stats["telemetry_errors"] += 1
+        proto = self.proto
+        if not self.req_done:
+            self.discard = True
+            self.buf = []
+            proto.unblock(_BLOCK_BUFFER | _BLOCK_UPSTREAM)
+        proto.ex_done(self, self.close)
+
+    def down_lost(self) -> None:
+        """The downstream connection closed before the response was complete."""
+        if self.finished:
+            return
+        self.flags = F.combine(self.flags, F.DC)
+        self.abandon()
+        self.close = True
+        self.finish()

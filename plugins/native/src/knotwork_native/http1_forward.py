@@ -1,0 +1,348 @@
+"""Forwarding one HTTP request: access control, route, attempts, retries, timeouts.
+
+Written as callbacks on the exchange rather than a coroutine per request: the
+common path (route, pick, pooled connection, write) runs synchronously inside
+the downstream read, and a task is created only to open a connection or to
+await an async authenticator or authorizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from knotwork.protocols import Decision
+
+from . import flags as F
+from .runtime import RoutePlan
+
+__all__ = ["Forwarding"]
+
+_NOVALUE: Any = object()
+_SYNC_TYPES = (str, type(None), Decision)
+
+
+def _why(exc: BaseException) -> str:
+    """A short, lower-case reason for a connection error."""
+    if isinstance(exc, TimeoutError):
+        return "connection timeout"
+    errno = getattr(exc, "errno", None)
+    if errno:
+        return os.strerror(errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+class Forwarding:
+    """The forwarding half of :class:`~knotwork_native.http1_exchange.Exchange` (a mixin)."""
+
+    __slots__ = ()
+    # Declared for type checkers; the slots live on Exchange.
+    proto: Any
+    dp: Any
+    lr: Any
+    plan: Any
+    crt: Any
+    up: Any
+    task: Any
+    timer: Any
+    deadline: Any
+    picked: Any
+    endpoint: Any
+    tried: list[Any] | None
+
+    def start(self) -> None:
+        """Begin serving the request (headers complete and the connection is ours)."""
+        self.live = True
+        dp = self.dp
+        dp.inflight += 1
+        dp.stats["downstream_rq_total"] += 1
+        lr = self.lr
+        if lr.telemetry:
+            self.t0 = dp.loop.time()
+            for sink in lr.telemetry:
+                try:
+                    sink.request_started(self)
+                except Exception:  # noqa: BLE001 - a sink must never break the data path
+                    dp.stats["telemetry_errors"] += 1
+        if lr.authn or lr.authz:
+            self.access(0, 0, _NOVALUE)
+        else:
+            self.route()
+
+    # ── authentication and authorization ─────────────────────────────────
+    def access(self, stage: int, index: int, value: Any) -> None:
+        """Run the authenticators, then the authorizers (any DENY wins), then route.
+
+        Runs synchronously until a strategy returns an awaitable; the rest of
+        the chain then continues in a task.
+        """
+        lr = self.lr
+        chains = (lr.authn, lr.authz)
+        while stage < 2:
+            chain = chains[stage]
+            while index < len(chain):
+                if value is _NOVALUE:
+                    try:
+                        value = chain[index].authenticate(self) if stage == 0 else chain[index].authorize(self)
+                    except PermissionError as exc:
+                        if stage == 0:
+                            return self.reply(401, "-", f"unauthenticated: {exc}")
+                        return self.reply(403, "-", f"RBAC: access denied: {exc}")
+                    except Exception as exc:  # noqa: BLE001
+                        return self.reply(500, "-", f"{'authenticator' if stage == 0 else 'authorizer'} {type(chain[index]).__name__} failed: {exc!r}")
+                    if not isinstance(value, _SYNC_TYPES):
+                        self.task = self.dp.loop.create_task(self._await_access(stage, index, value))
+                        return None
+                if stage == 0:
+                    if value is not None and self.principal is None:
+                        self.principal = value
+                elif value is Decision.DENY:
+                    return self.reply(403, "-", f"RBAC: access denied by {type(chain[index]).__name__} on listener {lr.name}")
+                value = _NOVALUE
+                index += 1
+            stage += 1
+            index = 0
+        self.route()
+        return None
+
+    async def _await_access(self, stage: int, index: int, awaitable: Any) -> None:
+        try:
+            value = await awaitable
+        except PermissionError as exc:
+            self.task = None
+            self.reply(401 if stage == 0 else 403, "-", f"{'unauthenticated' if stage == 0 else 'RBAC: access denied'}: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001
+            self.task = None
+            self.reply(500, "-", f"access check failed: {exc!r}")
+            return
+        self.task = None
+        if not self.finished:
+            self.access(stage, index, value)
+
+    # ── routing ──────────────────────────────────────────────────────────
+    def route(self) -> None:
+        """Match a route and act on it: direct response, redirect, or forward."""
+        lr = self.lr
+        try:
+            route = lr.router.match(self)
+        except Exception as exc:  # noqa: BLE001
+            return self.reply(500, "-", f"router of listener {lr.name} failed: {exc!r}")
+        if route is None:
+            table = lr.listener.route_table
+            if lr.listener.mode == "http_proxy":
+                return self.reply(502, F.NR, f"no route to host {self.authority} (listener {lr.name}, route table {table})")
+            return self.reply(404, F.NR, f"no route for {self.authority}{self.path} (listener {lr.name}, route table {table})")
+        plan = lr.plans.get(id(route))
+        if plan is None or plan.route is not route:
+            try:
+                plan = lr.plan(route)
+            except (ValueError, KeyError) as exc:
+                return self.reply(500, "-", f"route {route.name} cannot be served: {exc}")
+        self.plan = plan
+        if plan.kind:
+            return self._local_route(plan)
+        crt = self.crt = plan.choose()
+        self.cluster = crt.name
+        crt.rq_total += 1
+        self.head = self.build_head(plan)
+        if plan.timeout is not None:
+            self.deadline = self.dp.loop.call_later(plan.timeout, self.on_deadline)
+        self.attempt()
+        return None
+
+    def _local_route(self, plan: RoutePlan) -> None:
+        if plan.kind == RoutePlan.DIRECT:
+            status, body = plan.direct  # type: ignore[misc]
+            return self.reply(status, "-", "", exact=body)
+        redirect = plan.redirect
+        scheme = "https" if self.proto.tls else "http"
+        location = f"{scheme}://{redirect.host or self.authority}{redirect.path or self.path}"
+        return self.reply(redirect.status, "-", "", headers=b"location: %s\r\n" % location.encode("latin-1"), exact=b"")
+
+    def build_head(self, plan: RoutePlan) -> bytes:
+        """The request head sent upstream: rewritten, hop-by-hop headers gone, x-forwarded-* added."""
+        proto = self.proto
+        path_b = self.path_b if plan.prefix_rewrite is None else plan.rewrite_path(self.path).encode("latin-1")
+        head = [self.method_b, b" ", path_b, b" HTTP/1.1\r\nhost: ", plan.host_rewrite or self.host_b, b"\r\n"]
+        parts = self.parts
+        names = plan.set_names
+        if names:
+            for i in range(0, len(parts), 4):
+                if parts[i] not in names:
+                    head += parts[i:i + 4]
+        else:
+            head += parts
+        xff = self.xff
+        head += (b"x-forwarded-for: ", proto.xff_peer if xff is None else xff + b", " + proto.xff_peer, b"\r\n")
+        xfp = self.xfp
+        head.append(proto.xfp_line if xfp is None or proto.slot.overwrite_xfp else b"x-forwarded-proto: " + xfp + b"\r\n")
+        head.append(plan.set_headers)
+        head.append(b"transfer-encoding: chunked\r\n\r\n" if self.chunked else b"\r\n")
+        return b"".join(head)
+
+    # ── attempts ─────────────────────────────────────────────────────────
+    def attempt(self) -> None:
+        """Pick an endpoint (another one on retries, when possible) and send."""
+        crt = self.crt
+        tried = self.tried
+        try:
+            ep = crt.pick(self, tried) if tried else crt.pick(self)
+            if ep is None and tried:
+                ep = crt.pick(self)
+        except Exception as exc:  # noqa: BLE001
+            return self.reply(503, F.UH, f"load balancer of cluster {crt.name} failed: {exc!r}")
+        if ep is None:
+            return self.attempt_failed(F.UH, f"no healthy upstream for cluster {crt.name}", False, 503)
+        self.endpoint = self.picked = ep
+        pool = self.dp.pools[(ep.address, ep.port)]
+        self.upstream = pool.label
+        per_try = self.plan.retry.per_try_timeout
+        if per_try is not None:
+            self.timer = self.dp.loop.call_later(per_try, self.on_try_timeout)
+        conn = pool.pop_idle()
+        if conn is not None:
+            self.send(conn)
+        else:
+            self.task = self.dp.loop.create_task(self.dial(pool))
+        return None
+
+    def send(self, conn: Any) -> None:
+        """Start the request on a connection: head and the body read so far."""
+        self.up = conn
+        conn.ex = self
+        conn.got_bytes = False
+        self.buf.insert(0, self.head)
+        self.buf_size = 0
+        proto = self.proto
+        if proto.blocks & 2:
+            proto.unblock(2)
+        if not proto.feeding:
+            self.flush_up()
+
+    async def dial(self, pool: Any) -> None:
+        """Open a connection for this attempt, then send on it."""
+        try:
+            conn = await pool.connect(self.crt.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.task = None
+            if self.finished:
+                return
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.release_pick()
+            why = f"upstream connect error to cluster {self.crt.name} endpoint {pool.label}: {_why(exc)}"
+            self.attempt_failed(F.UF, why, self.plan.retry.on_connect, 503)
+            return
+        self.task = None
+        if self.finished:
+            pool.release(conn, True)
+        else:
+            self.send(conn)
+
+    def can_replay(self) -> bool:
+        """Whether the request can be sent again (nothing sent yet, or all of it kept)."""
+        return self.replay is not None or not self.sent_any
+
+    def attempt_failed(self, flag: str, why: str, retriable: bool, status: int) -> None:
+        """An attempt failed before a response was forwarded: retry, or answer."""
+        retry = self.plan.retry
+        if retriable and self.retries < retry.attempts and self.can_replay():
+            self.retries += 1
+            self.dp.stats["upstream_rq_retry"] += 1
+            if self.endpoint is not None:
+                if self.tried is None:
+                    self.tried = []
+                self.tried.append(self.endpoint)
+            if self.sent_any:
+                self.buf = list(self.replay)  # type: ignore[arg-type]
+                self.sent_any = False
+            self.attempt()
+            return
+        if retriable and self.retries:
+            flag = F.combine(F.URX, flag)
+        self.reply(status, flag, why)
+
+    def drop_attempt(self) -> None:
+        """Give up the current attempt's connection or connect task."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        conn = self.up
+        if conn is not None:
+            self.up = None
+            conn.abort()
+        self.release_pick()
+        self.proto.unblock(1)
+
+    def release_pick(self) -> None:
+        picked = self.picked
+        if picked is not None:
+            self.picked = None
+            release = self.crt.release
+            if release is not None:
+                release(picked)
+
+    def abandon(self, keep_up: bool = False) -> None:
+        """Stop timers, tasks and (unless `keep_up`) the upstream attempt."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        if keep_up:
+            self.release_pick()
+        else:
+            self.drop_attempt()
+
+    def on_try_timeout(self) -> None:
+        self.timer = None
+        if self.started or self.finished:
+            return
+        self.drop_attempt()
+        timeout = self.plan.retry.per_try_timeout
+        why = f"upstream per-try timeout ({timeout:g}s) waiting for cluster {self.crt.name} endpoint {self.upstream}"
+        self.attempt_failed(F.UT, why, self.plan.retry.on_timeout, 504)
+
+    def on_deadline(self) -> None:
+        self.deadline = None
+        if self.started or self.finished:
+            return
+        why = f"upstream request timeout ({self.plan.timeout:g}s) waiting for cluster {self.crt.name} endpoint {self.upstream}"
+        self.reply(504, F.UT, why)
+
+    def up_lost(self, conn: Any, exc: BaseException | None, protocol_error: bool) -> None:
+        """The upstream connection closed or failed while serving this exchange."""
+        self.up = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.release_pick()
+        self.proto.unblock(1)
+        if self.finished:
+            return
+        if self.started:  # mid-response: nothing to retry, cut the downstream connection
+            self.flags = F.combine(self.flags, F.UPE if protocol_error else F.UR)
+            self.flush()
+            self.close = True
+            self.finish()
+            return
+        if protocol_error:
+            why = f"upstream protocol error from cluster {self.crt.name} endpoint {self.upstream}: {exc}"
+            return self.attempt_failed(F.UPE, why, self.plan.retry.on_reset, 502)
+        if conn.reused and not conn.got_bytes and not self.fresh and self.can_replay():
+            # A pooled connection the upstream had closed: once, transparently, on a fresh one.
+            self.fresh = True
+            self.picked = self.endpoint
+            if self.sent_any:
+                self.buf = list(self.replay)  # type: ignore[arg-type]
+                self.sent_any = False
+            self.task = self.dp.loop.create_task(self.dial(self.dp.pools[(conn.pool.address, conn.pool.port)]))
+            return None
+        why = f"upstream connection to cluster {self.crt.name} endpoint {self.upstream} closed before response headers"
+        if exc is not None:
+            why += f": {_why(exc)}"
+        return self.attempt_failed(F.UC, why, self.plan.retry.on_reset, 503)

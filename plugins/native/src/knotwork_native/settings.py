@@ -1,0 +1,23 @@
+"""Settings of the native proxy engine (the `native:` section of the mesh file)."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class NativeSettings:
+    """Tuning of native sidecars and gateways; the defaults suit a laptop."""
+
+    connect_timeout: float = attrs.field(default=1.0, metadata={"help": "seconds to connect to an upstream"})
+    idle_timeout: float = attrs.field(default=60.0, metadata={"help": "seconds an idle keep-alive connection is kept"})
+    max_idle_per_endpoint: int = attrs.field(default=32, metadata={"help": "idle upstream connections kept per endpoint"})
+
+    def problems(self) -> list[tuple[tuple, str]]:
+        out = []
+        for name in ("connect_timeout", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                out.append(((name,), f"expected a number of seconds > 0, got {getattr(self, name)!r}"))
+        if self.max_idle_per_endpoint < 0:
+            out.append((("max_idle_per_endpoint",), f"expected an integer ≥ 0, got {self.max_idle_per_endpoint}"))
+        return out
