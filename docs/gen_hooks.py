@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import knotwork
 from knotwork import hookspecs
 
 OUT = Path(__file__).with_name("hooks.md")
@@ -138,6 +139,12 @@ def parse(doc: str) -> dict[str, Any]:
     }
 
 
+def _imports(example: str) -> str:
+    """The `from knotwork import ...` line an example needs."""
+    used = sorted(n for n in knotwork.__all__ if re.search(rf"\b{n}\b", example) and n != "hookimpl")
+    return f"from knotwork import {', '.join([*used, 'hookimpl'])}"
+
+
 def render_hook(fn: Callable[..., Any]) -> str:
     doc = parse(fn.__doc__ or "")
     out = [f"### {fn.__name__}", "", "```python", signature(fn), "```", "", doc["summary"], ""]
@@ -148,7 +155,7 @@ def render_hook(fn: Callable[..., Any]) -> str:
     else:
         out += ["**Parameters:** none.", ""]
     out += [f"**Returns:** {doc['returns']}", "", f"**Semantics:** {doc['semantics']}", ""]
-    out += ["**Example:**", "", "```python", "from knotwork import hookimpl", "", doc["example"], "```", ""]
+    out += ["**Example:**", "", "```python", _imports(doc["example"]), "", doc["example"], "```", ""]
     return "\n".join(out)
 
 

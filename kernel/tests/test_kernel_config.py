@@ -270,3 +270,51 @@ def test_settings_from_yaml_uses_the_same_rules():
     with pytest.raises(MeshError) as info:  # cross-field checks need a structured object: type errors first
         settings_from_yaml("apps: [{name: a}, {name: a}]\npassword: {}\n", DemoSettings)
     assert info.value.problems == ["settings.yaml:2: password: expected a string, got *** (secret)"]
+
+
+def test_strict_collections_hold_after_the_converter_learns_new_classes():
+    """cattrs registers some generated hooks directly for their type; the strict check must stay in front."""
+    @attrs.frozen
+    class First:
+        env: dict[str, str] = attrs.Factory(dict)
+        pair: tuple[int, str] = (0, "")
+
+    @attrs.frozen
+    class Second:
+        labels: dict[str, str] = attrs.Factory(dict)
+
+    assert structure({"env": {"A": "1"}, "pair": [1, "x"]}, First) == First({"A": "1"}, (1, "x"))
+    assert structure({"labels": {"b": "2"}}, Second) == Second({"b": "2"})
+    for data in ({"env": ["A"]}, {"pair": "1x"}):
+        with pytest.raises(Exception) as info:  # noqa: B017 - cattrs' exception group
+            structure(data, First)
+        assert str(info.value.exceptions[0]).startswith("expected a ")
+
+
+def _positive(_inst, _attr, value):
+    if value <= 0:
+        raise ValueError(f"expected a number > 0, got {value}")
+
+
+@attrs.frozen
+class Inner:
+    weight: int = attrs.field(default=1, validator=_positive)
+
+
+@attrs.frozen
+class Outer:
+    mode: str = attrs.field(default="a", validator=attrs.validators.in_(["a", "b"]))
+    items: tuple[Inner, ...] = ()
+
+
+def test_attrs_validators_are_reported_at_their_field():
+    assert settings_from_yaml("mode: b\nitems: [{weight: 2}]\n", Outer) == Outer("b", (Inner(2),))
+    with pytest.raises(MeshError) as info:
+        settings_from_yaml("""
+            mode: c
+            items:
+              - weight: 1
+              - weight: 0
+        """, Outer)
+    assert info.value.problems[1] == "settings.yaml:4: items[1].weight: expected a number > 0, got 0"
+    assert info.value.problems[0].startswith("settings.yaml:1: mode: expected a valid value, got an error: ")

@@ -88,6 +88,16 @@ def test_coroutine_from_an_event_hook_is_refused(register_plugin, hooks):
         hooks.snapshot_published("1", ["sidecar~a"], {})
 
 
+def test_hook_wrappers_are_refused(register_plugin):
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def knotwork_routers(self):
+            return (yield)
+
+    with pytest.raises(PluginError, match=r"^plugin/wrap: hook knotwork_routers is a hook wrapper"):
+        register_plugin(Wrapper(), name="wrap")
+
+
 # ── records: names, plugins, duplicates ──────────────────────────────────────
 
 

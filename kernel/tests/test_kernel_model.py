@@ -25,7 +25,7 @@ def test_model_records_are_frozen():
 @pytest.mark.parametrize(("host", "namespace", "expected"), [
     ("reviews", "default", "reviews.default.svc.cluster.local"),
     ("reviews", "prod", "reviews.prod.svc.cluster.local"),
-    ("reviews.prod", "default", "reviews.prod.svc.cluster.local"),
+    ("reviews.prod", "default", "reviews.prod"),  # Istio: only a dotless name is short
     ("reviews.prod.svc.cluster.local", "default", "reviews.prod.svc.cluster.local"),
     ("Reviews.Prod.svc.cluster.local.", "default", "reviews.prod.svc.cluster.local"),
     ("api.example.com", "default", "api.example.com"),
@@ -38,8 +38,8 @@ def test_resolve_host(host, namespace, expected):
 
 
 def test_resolve_host_with_another_domain():
-    assert resolve_host("reviews", "default", "mesh.internal") == "reviews.default.svc.mesh.internal"
-    assert resolve_host("reviews.prod", "default", "mesh.internal") == "reviews.prod.svc.mesh.internal"
+    assert resolve_host("reviews", "prod", "mesh.internal") == "reviews.prod.svc.mesh.internal"
+    assert resolve_host("reviews.prod.svc.mesh.internal", "default", "mesh.internal") == "reviews.prod.svc.mesh.internal"
 
 
 @pytest.mark.parametrize(("kwargs", "expected"), [

@@ -55,7 +55,7 @@ def test_settings_defaults_and_case():
     ("allowed: []\n", "settings.yaml:1: allowed: expected at least one tenant, got an empty list"),
     ("allowed: [acme]\nheadr: x\n",
      "settings.yaml:2: headr: expected one of the keys header, allowed, got unknown key 'headr'"),
-])
+], ids=["missing", "not-a-list", "empty", "unknown-key"])
 def test_settings_errors(text, line):
     with pytest.raises(MeshError) as info:
         settings_from_yaml(text, TenantSettings)
@@ -71,7 +71,7 @@ def test_settings_errors(text, line):
     ({"x-tenant": "globex"}, Decision.DENY),
     ({"x-tenant": ""}, Decision.DENY),
     ({}, Decision.DENY),
-])
+], ids=["allowed", "header-case", "other-tenant", "empty", "missing"])
 def test_authorize(headers, decision):
     authz = TenantAuthorizer(None, TenantSettings(allowed=("acme",)))
     assert isinstance(authz, Authorizer)

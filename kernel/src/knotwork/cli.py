@@ -147,6 +147,33 @@ def cmd_proxy(args: argparse.Namespace, hooks: Hooks) -> int:
     return 0
 
 
+def cmd_proxy_status(args: argparse.Namespace, hooks: Hooks) -> int:
+    import json
+
+    from .config import STATE_DIR, find_mesh_file
+    from .control import admin_call
+
+    state_dir = find_mesh_file(args.mesh).absolute().parent / STATE_DIR
+    try:
+        rows = anyio.run(admin_call, state_dir, "proxy_status")["proxies"]
+    except (OSError, TimeoutError) as exc:
+        print(f"knotwork proxy-status: the control plane is not reachable: {exc}", file=sys.stderr)
+        return 1
+    for row in rows:
+        for t in row["types"].values():
+            t["state"] = ("NACKED" if t["nacked"] else "SYNCED" if t["acked"] and t["acked"] == t["latest"]
+                          else "STALE" if t["latest"] else "-")
+    if args.output == "json":
+        print(json.dumps(rows, indent=1))
+        return 0
+    types = ("clusters", "endpoints", "listeners", "routes", "secrets")
+    print(f"{'NAME':<34}{'CONNECTED':<11}" + "".join(f"{t.upper():<11}" for t in types) + "VERSION")
+    for row in rows:
+        print(f"{row['node']:<34}{'yes' if row['connected'] else 'no':<11}"
+              + "".join(f"{row['types'][t]['state']:<11}" for t in types) + str(row["version"]))
+    return 0
+
+
 def _mesh_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh", metavar="DIR", help="mesh directory or file (default: the current directory)")
 
@@ -176,6 +203,10 @@ def build_parser(hooks: Hooks) -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=0, help="admin port on 127.0.0.1 (/ready, /status)")
     p.add_argument("--drain-timeout", type=float, default=3.0, help="seconds to drain in-flight requests on stop")
     p.set_defaults(func=cmd_proxy)
+    p = sub.add_parser("proxy-status", help="per proxy and resource type: synced, stale or NACKed")
+    _mesh_arg(p)
+    p.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_proxy_status)
     for name, command in sorted(hooks.cli_commands().items()):
         p = sub.add_parser(name, help=command.help, description=command.help)
         command.configure(p)

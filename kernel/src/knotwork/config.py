@@ -13,9 +13,9 @@ once, one line each: ``FILE:LINE: dotted.path: expected X, got Y``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_origin
 
 import attrs
 import cattrs
@@ -29,6 +29,7 @@ from cattrs.cols import (
     is_mutable_sequence,
     is_sequence,
     list_structure_factory,
+    mapping_structure_factory,
 )
 from cattrs.errors import ForbiddenExtraKeysError
 
@@ -131,10 +132,13 @@ _converter.register_structure_hook(Path, lambda v, _: Path(v) if isinstance(v, s
 def _collection_hook(t: Any) -> Any:
     """Lists and mappings as cattrs structures them, but only from a YAML list or
     mapping: cattrs alone would turn the string ``acme`` into ``('a', 'c', 'm', 'e')``."""
+    # (not the converter's gen_* methods: they register their hook for `t` directly, bypassing this one)
     if is_mapping(t):
-        expected, accept, inner = "a mapping", dict, _converter.gen_structure_mapping(t)
+        to = get_origin(t) or t
+        to = dict if to in (Mapping, MutableMapping) else to
+        expected, accept, inner = "a mapping", dict, mapping_structure_factory(t, _converter, to, detailed_validation=True)
     elif is_hetero_tuple(t):
-        expected, accept, inner = "a list", list, _converter.gen_structure_hetero_tuple(t)
+        expected, accept, inner = "a list", list, _converter._structure_tuple  # noqa: SLF001
     elif is_tuple(t) or (is_sequence(t) and not is_mutable_sequence(t)):
         expected, accept, inner = "a list", list, homogenous_tuple_structure_factory(t, _converter)
     elif is_sequence(t):
@@ -371,9 +375,11 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
                 report.add(where, f"expected an installed {human} ({installed}), got {name!r}")
                 continue
             records[name] = record
+            # (with an unknown engine, that one problem is enough)
             engine_known = selection.engine in registry["proxy_engines"]
             if role in STRATEGY_ROLES and engine_known and selection.engine not in record.engines:
-                report.add(where, f"expected {'an' if human[0] in 'aeiou' else 'a'} {human} that supports engine {selection.engine!r}, "
+                article = "an" if human[0] in "aeiou" else "a"
+                report.add(where, f"expected {article} {human} that supports engine {selection.engine!r}, "
                                   f"got {name!r} (supports: {', '.join(sorted(record.engines))})")
     plugin_names = hooks.plugin_names()
     for i, name in enumerate(selection.extra):

@@ -54,6 +54,10 @@ def _check_impls(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
                     f"plugin/{name}: hook {caller.name} is implemented with 'async def'; hooks are "
                     "synchronous: return a record or factory and let the kernel run the async part"
                 )
+            if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
+                pm.unregister(plugin)
+                raise PluginError(f"plugin/{name}: hook {caller.name} is a hook wrapper; Knotwork calls each "
+                                  "plugin's implementation on its own, so wrappers would wrap nothing")
 
 
 def make_plugin_manager(*, entry_points: bool = True, plugins: Iterable[tuple[str, object]] = ()) -> pluggy.PluginManager:

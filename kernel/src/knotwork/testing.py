@@ -1,22 +1,14 @@
 """Test one Knotwork plugin in isolation: the kernel's pytest plugin.
 
-Installed with knotwork-kernel (``pytest11`` entry point ``knotwork``), so every
-test can use these fixtures without importing anything:
-
-=================  ============================================================
-``plugin_manager`` a fresh :class:`pluggy.PluginManager` with the specs only
-``hooks``          the kernel's typed facade (:class:`knotwork.kernel.Hooks`) over it
-``register_plugin`` ``register_plugin(obj, name=None)``; unregistered at teardown
-``hook_recorder``  a :class:`HookRecorder`: every hook call, its kwargs and results
-``capture_logs``   structlog events logged during the test, as dicts
-=================  ============================================================
-
-and these helpers (import them from ``knotwork.testing``): :func:`make_request`,
-:func:`make_connection`, :func:`make_response` (per-request fakes),
-:func:`make_service`, :func:`make_endpoint`, :func:`make_node`,
-:func:`make_snapshot` (model builders), :func:`compile_node` (run compilers as
-the control plane does), :func:`settings_from_yaml` and :func:`mesh_from_yaml`
-(settings and mesh files with the kernel's strict rules and error lines).
+Installed with knotwork-kernel (``pytest11`` entry point ``knotwork``), so any
+test can ask for the fixtures `plugin_manager`, `hooks`, `register_plugin`,
+`hook_recorder` and `capture_logs`. The helpers are imported from here:
+per-request fakes (:func:`make_request`, :func:`make_connection`,
+:func:`make_response`), model builders (:func:`make_service`,
+:func:`make_endpoint`, :func:`make_node`, :func:`make_snapshot`),
+:func:`compile_node` (compilers run as the control plane runs them), and
+:func:`settings_from_yaml` / :func:`mesh_from_yaml` (the kernel's strict rules
+and error lines). docs/plugin-guide.md shows them at work.
 """
 
 from __future__ import annotations
@@ -38,20 +30,8 @@ from .proxyconfig import ProxySnapshot
 from .records import CompileInput
 
 __all__ = [
-    "FakeConnection",
-    "FakeRequest",
-    "FakeResponse",
-    "HookCall",
-    "HookRecorder",
-    "compile_node",
-    "make_connection",
-    "make_endpoint",
-    "make_node",
-    "make_request",
-    "make_response",
-    "make_service",
-    "make_snapshot",
-    "mesh_from_yaml",
+    "FakeConnection", "FakeRequest", "FakeResponse", "HookCall", "HookRecorder", "compile_node", "make_connection",
+    "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "mesh_from_yaml",
     "settings_from_yaml",
 ]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from knotwork import ProxyEngine, Strategy, hookimpl
-from knotwork.kernel import Hooks, make_plugin_manager
+from knotwork.kernel import Hooks
 from knotwork_local import _hooks
 
 
@@ -30,8 +30,11 @@ class _StandIns:
 
 
 @pytest.fixture
-def hooks() -> Hooks:
-    return Hooks(make_plugin_manager(entry_points=False, plugins=[("local", _hooks), ("standins", _StandIns())]))
+def local_hooks(hooks: Hooks, register_plugin) -> Hooks:
+    """The kernel's `hooks` fixture with this plugin and the stand-ins registered."""
+    register_plugin(_hooks, "local")
+    register_plugin(_StandIns(), "standins")
+    return hooks
 
 
 @pytest.fixture

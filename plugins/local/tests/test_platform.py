@@ -137,11 +137,12 @@ async def test_component_waits_for_up_then_follows_and_reconnects(tmp_path):
             assert receive.statistics().current_buffer_used == 0
             ready = {**doc, "instances": [{**i, "running": True, "ready": True, "sidecar": {**i["sidecar"], "ready": True}}
                                           for i in doc["instances"]]}
-            await serve_docs([doc, {**doc, "updated": 1.0}, ready, {"garbage": True}])
-            first, second = await receive.receive(), await receive.receive()
-            assert (first.version, second.version) == (1, 2)  # the identical second document was not pushed
+            # versions follow the documents' generations, and always increase
+            await serve_docs([{**doc, "generation": 5}, {**ready, "generation": 9}, {"garbage": True}, ready])
+            first, second, third = await receive.receive(), await receive.receive(), await receive.receive()
+            assert (first.version, second.version, third.version) == (5, 9, 10)  # the garbage was skipped
             assert not any(e.healthy for e in first.endpoints) and all(e.healthy for e in second.endpoints)
-            await serve_docs([doc])  # `up` came back: the component reconnects
-            third = await receive.receive()
-            assert third.version == 3 and third.endpoints and not any(e.healthy for e in third.endpoints)
+            await serve_docs([{**doc, "generation": 1}])  # `up` came back: the component reconnects
+            fourth = await receive.receive()
+            assert fourth.version == 11 and fourth.endpoints and not any(e.healthy for e in fourth.endpoints)
         tg.cancel_scope.cancel()

@@ -14,7 +14,7 @@ SETTINGS = LocalSettings(workloads=(
     WorkloadSettings(name="web", service="web", command=("x",), replicas=2,
                      ports=(PortSettings(8080, "http"), PortSettings(9090, "grpc"))),
     WorkloadSettings(name="db-client", service="client", command=("x",),
-                     upstreams=(UpstreamSettings("mysql", 3306), UpstreamSettings("cache.infra", 6379))),
+                     upstreams=(UpstreamSettings("mysql", 3306), UpstreamSettings("cache.infra.svc.example.org", 6379))),
     WorkloadSettings(name="idle", service="idle", command=("x",), replicas=0),
 ))
 

@@ -46,8 +46,8 @@ def problems(hooks, mesh_file, text: str) -> list[str]:
     return [line[len(prefix):] for line in info.value.problems]
 
 
-def test_good_mesh_file_and_defaults(hooks, mesh_file):
-    mesh = load_mesh(mesh_file(GOOD), hooks)
+def test_good_mesh_file_and_defaults(local_hooks, mesh_file):
+    mesh = load_mesh(mesh_file(GOOD), local_hooks)
     settings = mesh.settings["local"]
     assert isinstance(settings, LocalSettings)
     page, reviews = settings.workloads
@@ -62,14 +62,14 @@ def test_good_mesh_file_and_defaults(hooks, mesh_file):
     assert settings.problems() == []
 
 
-def test_empty_section_is_valid(hooks, mesh_file):
-    mesh = load_mesh(mesh_file("plugins: {platform: local}\n"), hooks)
+def test_empty_section_is_valid(local_hooks, mesh_file):
+    mesh = load_mesh(mesh_file("plugins: {platform: local}\n"), local_hooks)
     assert mesh.settings.get("local") in (None, LocalSettings())
     assert LocalSettings().problems() == []
 
 
-def test_each_cross_field_problem_is_one_line_with_its_path(hooks, mesh_file):
-    lines = problems(hooks, mesh_file, """
+def test_each_cross_field_problem_is_one_line_with_its_path(local_hooks, mesh_file):
+    lines = problems(local_hooks, mesh_file, """
         local:
           ingress:
             routes:
@@ -98,17 +98,17 @@ def test_each_cross_field_problem_is_one_line_with_its_path(hooks, mesh_file):
     ])
 
 
-def test_replicas_below_zero_is_refused_by_the_validator(hooks, mesh_file):
-    lines = problems(hooks, mesh_file, """
+def test_replicas_below_zero_is_refused_by_the_validator(local_hooks, mesh_file):
+    lines = problems(local_hooks, mesh_file, """
         local:
           workloads:
             - {name: a, service: a, command: [x], replicas: -1}
         """)
-    assert lines == ["3: local.workloads[0]: expected an integer ≥ 0, got -1"]
+    assert lines == ["3: local.workloads[0].replicas: expected an integer ≥ 0, got -1"]
 
 
-def test_strict_scalars_unknown_keys_and_missing_fields(hooks, mesh_file):
-    lines = problems(hooks, mesh_file, """
+def test_strict_scalars_unknown_keys_and_missing_fields(local_hooks, mesh_file):
+    lines = problems(local_hooks, mesh_file, """
         local:
           drain_timeout: 9
           workloads:
@@ -123,8 +123,8 @@ def test_strict_scalars_unknown_keys_and_missing_fields(hooks, mesh_file):
     assert any(line.startswith("7: local.workloads[0].colour: expected one of the keys name, service") for line in lines)
 
 
-def test_value_problems(hooks, mesh_file):
-    lines = problems(hooks, mesh_file, """
+def test_value_problems(local_hooks, mesh_file):
+    lines = problems(local_hooks, mesh_file, """
         local:
           drain_timeout: 9
           workloads:
@@ -154,3 +154,18 @@ def test_every_field_is_described():
                 mod.PortSettings, mod.UpstreamSettings, mod.ReadinessSettings):
         for field in attrs.fields(cls):
             assert field.metadata.get("help"), f"{cls.__name__}.{field.name} has no help"
+
+
+def test_a_section_alone_with_the_kernel_helper():
+    from knotwork.testing import settings_from_yaml
+
+    with pytest.raises(MeshError) as info:
+        settings_from_yaml("""
+            workloads:
+              - {name: a, service: a, command: [x], readiness: {http: /h, tcp: true}, ports: [{port: 1}]}
+            ingress: {routes: [{prefix: /, service: a, port: 2}]}
+            """, LocalSettings)
+    assert info.value.problems == [
+        "settings.yaml:2: workloads[0].readiness: expected one of http or tcp, got both",
+        "settings.yaml:3: ingress.routes[0].port: expected a port of service a (1), got 2",
+    ]

@@ -32,8 +32,9 @@ from knotwork_local.settings import (
     UpstreamSettings,
     WorkloadSettings,
 )
-from knotwork_local.state import is_running, read_state
-from knotwork_local.supervisor import Launch, Supervisor
+from knotwork_local.state import is_running, pid_alive, read_state
+from knotwork_local.launch import Launch
+from knotwork_local.supervisor import Supervisor
 
 FAKES = Path(__file__).parent / "fakes"
 MESH = MeshSettings()
@@ -48,14 +49,6 @@ SETTINGS = LocalSettings(
         WorkloadSettings(name="worker", service="worker", command=("python", "-c", "import time; time.sleep(600)")),
     ),
 )
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.anyio
@@ -83,7 +76,8 @@ async def test_supervisor_runs_restarts_and_stops_a_mesh(tmp_path):
             assert web2.sidecar.running and not web2.sidecar.ready and web2.app.started == 0  # gated on its sidecar
             assert lines == []  # not every instance has started yet
             (tmp_path / "hold-sidecar~web-2").unlink()
-            await up.until(lambda: web2.app.ready and len(lines) == 2)
+            await up.until(lambda: up.announced)
+            assert web2.app.ready and len(lines) == 2
             assert lines[0] == f"Ingress: http://127.0.0.1:{up.plan.ingress}/"
             pids()
 
@@ -148,9 +142,9 @@ async def test_supervisor_runs_restarts_and_stops_a_mesh(tmp_path):
             # the ordered stop: within 5 s, nothing left behind
             began = time.monotonic()
             up.stop()
-        await up.until(lambda: up.finished) if not up.finished else None
+    assert up.finished
     assert time.monotonic() - began < 5
-    assert not [p for p in seen if alive(p)]
+    assert not [p for p in seen if pid_alive(p)]
     doc = read_state(tmp_path / ".knotwork")
     assert not is_running(doc) and doc["up"]["pid"] is None and doc["control"]["pid"] is None
     assert all(i["pid"] is None and i["sidecar"]["pid"] is None for i in doc["instances"])

@@ -420,3 +420,22 @@ async def running(*upstreams: Upstream) -> AsyncIterator[None]:
     finally:
         for up in upstreams:
             await up.close()
+
+
+@contextlib.asynccontextmanager
+async def dataplane(res: dict[str, dict[str, Any]], **kw: Any) -> AsyncIterator[DataPlane]:
+    """A data plane with `res` applied; closed on exit."""
+    dp = await start_dataplane(res, **kw)
+    try:
+        yield dp
+    finally:
+        await dp.aclose()
+
+
+def http_listener(name: str = "in", mode: str = "inbound", table_name: str = "rt", **kw: Any) -> Listener:
+    return Listener(name, "127.0.0.1", 0, mode, route_table=table_name, **kw)
+
+
+def one_route(cluster: str = "c", domains: tuple[str, ...] = ("*",), name: str = "rt", **action: Any) -> RouteTable:
+    """A route table sending everything for `domains` to `cluster`."""
+    return table(name, ("vh", domains, (route("r", cluster, **action),)))

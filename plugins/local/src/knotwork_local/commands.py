@@ -26,11 +26,12 @@ from .ports import plan_ports
 from .process import describe_exit
 from .settings import LocalSettings
 from .state import is_running, read_state, route_lines
-from .supervisor import Launch, Supervisor
+from .launch import Launch
+from .supervisor import Supervisor
 
 __all__ = ["COMMANDS", "run_status", "run_up"]
 
-log = structlog.get_logger("knotwork.local").bind(plugin="local")
+log = structlog.get_logger("knotwork.local", plugin="local")
 
 HARD_STOP = 5.0  # seconds after the first signal when `up` exits no matter what
 
@@ -153,7 +154,7 @@ def render_status(doc: dict[str, Any], control: dict[str, Any] | None) -> str:
 
     def config(node: str) -> str:
         row = proxies.get(node)
-        return "-" if row is None else f"v{row['version']}" + ("" if row["connected"] else " (disconnected)")
+        return "-" if row is None else f"{str(row['version'])[:8]}" + ("" if row["connected"] else " (disconnected)")
 
     version = f"config version {control['version']}" if control else "admin socket not answering"
     lines = [

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import anyio
-import attrs
 import structlog
 from anyio.abc import TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -38,7 +37,7 @@ from .state import PLATFORM_SOCKET, SCHEMA
 
 __all__ = ["GATEWAY_LABELS", "LocalPlatform", "build_snapshot", "ingress_resources"]
 
-log = structlog.get_logger("knotwork.local").bind(plugin="local")
+log = structlog.get_logger("knotwork.local", plugin="local")
 
 PLATFORM = "local"
 GATEWAY_NODE = "gateway~ingress"
@@ -168,12 +167,11 @@ class LocalPlatform:
                 doc = json.loads(line)
                 if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
                     raise ValueError(f"expected a state document of schema {SCHEMA}, got {str(doc)[:80]}")
-                snapshot = build_snapshot(doc, self.ctx.mesh, self.version + 1)
+                # versions follow up's state generations, so up can tell when a change got here
+                snapshot = build_snapshot(doc, self.ctx.mesh, max(self.version + 1, doc.get("generation", 0)))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("bad state document from knotwork up; ignored", error=repr(exc))
                 continue
-            if self.last is not None and attrs.evolve(snapshot, version=self.last.version) == self.last:
-                continue
-            self.version += 1
+            self.version = snapshot.version
             self.last = snapshot
             await send.send(snapshot)

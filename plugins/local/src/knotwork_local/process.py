@@ -19,7 +19,9 @@ from pathlib import Path
 import anyio
 import attrs
 
-__all__ = ["Backoff", "describe_exit", "http_status", "signal_group", "spawn", "tcp_open"]
+from knotwork.control import admin_call
+
+__all__ = ["Backoff", "describe_exit", "gateway_synced", "http_status", "signal_group", "spawn", "tcp_open"]
 
 _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
@@ -124,3 +126,22 @@ async def http_status(port: int, path: str, timeout: float = 1.0, host: str = "1
         return int(parts[1]) if parts[0].startswith(b"HTTP/") else None
     except (OSError, TimeoutError, ValueError, IndexError, anyio.EndOfStream, anyio.BrokenResourceError):
         return None
+
+
+async def gateway_synced(state_dir: Path, generation: int, *, platform: str = "local",
+                         node: str = "gateway~ingress") -> bool | None:
+    """True when the control plane has seen `platform`'s snapshot `generation` and `node`
+    acked its latest config; None when there is no control plane admin socket to ask."""
+    try:
+        with anyio.fail_after(1.0):
+            status = await admin_call(state_dir, "status")
+            proxies = await admin_call(state_dir, "proxy_status")
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - restarting, or busy: ask again
+        return False
+    if (status.get("sources") or {}).get(platform, {}).get("version", 0) < generation:
+        return False
+    row = next((r for r in proxies.get("proxies", ()) if r.get("node") == node), None)
+    return bool(row and row.get("connected")) and all(
+        t.get("latest") is None or t.get("acked") == t.get("latest") for t in row.get("types", {}).values())

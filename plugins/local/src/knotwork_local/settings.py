@@ -68,7 +68,7 @@ class ReadinessSettings:
 
     http: str | None = attrs.field(default=None, metadata=_help("HTTP GET this path on the app port; 200-399 is ready"))
     tcp: bool = attrs.field(default=False, metadata=_help("ready when the app port accepts a TCP connection"))
-    period: float = attrs.field(default=1.0, metadata=_help("seconds between probes once ready"))
+    period: float = attrs.field(default=2.0, metadata=_help("seconds between probes once ready"))
     timeout: float = attrs.field(default=1.0, metadata=_help("seconds one probe may take"))
     failure_threshold: int = attrs.field(default=3, validator=_non_negative,
                                          metadata=_help("failed probes in a row that make a ready instance unready"))

@@ -109,12 +109,13 @@ def route_lines(path: Path) -> list[int]:
         return []
 
 
-def document(*, mesh_path: Path, up_pid: int | None, started: float, engine: str, plan: PortPlan,
+def document(*, generation: int, mesh_path: Path, up_pid: int | None, started: float, engine: str, plan: PortPlan,
              control: ProcStatus, gateway: ProcStatus, instances: list[InstanceStatus],
              workloads: list[dict[str, Any]], routes: list[dict[str, Any]]) -> dict[str, Any]:
     """The whole state document."""
     return {
         "schema": SCHEMA,
+        "generation": generation,
         "mesh": str(mesh_path),
         "up": {"pid": up_pid, "pid_start": proc_start(up_pid) if up_pid else None, "started": started, "engine": engine},
         "updated": time.time(),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -24,27 +23,21 @@ from anyio.abc import TaskStatus
 
 from knotwork.model import MeshSettings
 
-from . import state
+from . import publish, state
+from .launch import Launch, app_argv, app_env
+from .platform import GATEWAY_NODE
 from .ports import PortPlan
-from .process import Backoff, describe_exit, http_status, signal_group, spawn, tcp_open
+from .process import Backoff, describe_exit, gateway_synced, http_status, signal_group, spawn, tcp_open
 from .settings import LocalSettings
 
-__all__ = ["Launch", "Supervisor"]
+__all__ = ["Supervisor"]
 
-log = structlog.get_logger("knotwork.local").bind(plugin="local")
+log = structlog.get_logger("knotwork.local", plugin="local")
 
 STOP_BUDGET = 4.5  # seconds for the whole ordered stop (the CLI's hard limit is 5)
 CONTROL_WAIT = 15.0  # seconds proxies wait for the control plane's port before starting anyway
-ANNOUNCE_WAIT = 30.0  # seconds the ingress line waits for every instance to have started
-WRITE_DEBOUNCE = 0.05
-
-
-@attrs.frozen
-class Launch:
-    """How each kind of process is started; tests swap in fakes."""
-
-    control: tuple[str, ...] = (sys.executable, "-m", "knotwork", "control")
-    proxy: tuple[str, ...] = (sys.executable, "-m", "knotwork", "proxy")
+ANNOUNCE_WAIT = 30.0  # seconds the ingress line waits for every instance to have started and be ready
+SETTLE_WAIT = 5.0  # seconds it then waits for the gateway to have the config with those instances
 
 
 class Supervisor:
@@ -73,7 +66,8 @@ class Supervisor:
 
     # -- state ---------------------------------------------------------------
     def document(self) -> dict[str, Any]:
-        return state.document(mesh_path=self.mesh_path, up_pid=None if self.finished else os.getpid(),
+        return state.document(generation=self.generation, mesh_path=self.mesh_path,
+                              up_pid=None if self.finished else os.getpid(),
                               started=self.started, engine=self.engine, plan=self.plan, control=self.control,
                               gateway=self.gateway, instances=list(self.instances.values()),
                               workloads=self.workloads, routes=self.routes)
@@ -113,8 +107,8 @@ class Supervisor:
         (self.state_dir / "control.sock").unlink(missing_ok=True)
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(self._serve_platform)
-                tg.start_soon(self._write_loop)
+                await tg.start(publish.serve_platform, self, self.state_dir / state.PLATFORM_SOCKET)
+                tg.start_soon(publish.write_state_loop, self, self.state_dir)
                 tg.start_soon(self._start_all, tg)
                 task_status.started()
                 await self._stop.wait()
@@ -127,58 +121,37 @@ class Supervisor:
                 for status in (self.control, self.gateway, *(s for i in self.instances.values() for s in (i.app, i.sidecar))):
                     status.pid, status.running, status.ready = None, False, False
                 state.write_state(self.state_dir, self.document())
+                self.changed()
                 for sock in (state.PLATFORM_SOCKET, "control.sock"):
                     (self.state_dir / sock).unlink(missing_ok=True)
                 log.info("mesh stopped")
 
     async def _start_all(self, tg: Any) -> None:
         base = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        ctl = f"127.0.0.1:{self.plan.control}"
-        mesh_args = ["--mesh", str(self.mesh_path), "--engine", self.engine]
-        tg.start_soon(self._supervise, "control", self.control,
-                      [*self.launch.control, *mesh_args, "--listen", ctl], base, "control.log", None,
-                      lambda proc: self._watch_tcp(self.control, self.plan.control))
+        ctl, launch = f"127.0.0.1:{self.plan.control}", attrs.evolve(self.launch, engine=self.engine)
+        tg.start_soon(self._supervise, "control", self.control, launch.control_argv(self.mesh_path, ctl), base,
+                      "control.log", None, lambda proc: self._watch_tcp(self.control, self.plan.control))
         with anyio.move_on_after(CONTROL_WAIT):
             await self.until(lambda: self.control.ready)
         if not self.control.ready:
             log.warning("control plane not listening yet; starting proxies anyway", log=str(self.logs / "control.log"))
 
         def proxy_argv(node: str, admin: int) -> list[str]:
-            return [*self.launch.proxy, *mesh_args, "--node", node, "--control", ctl, "--admin-port", str(admin),
-                    "--drain-timeout", str(self.settings.drain_timeout)]
+            return launch.proxy_argv(self.mesh_path, node, ctl, admin, self.settings.drain_timeout)
 
         admin = self.plan.gateway["admin"]
-        tg.start_soon(self._supervise, "gateway", self.gateway, proxy_argv("gateway~ingress", admin), base,
+        tg.start_soon(self._supervise, "gateway", self.gateway, proxy_argv(GATEWAY_NODE, admin), base,
                       "ingress.proxy.log", None, lambda proc: self._watch_proxy("gateway", self.gateway, admin))
         for name, inst in self.instances.items():
             key = f"sidecar:{name}"
             tg.start_soon(self._supervise, key, inst.sidecar, proxy_argv(inst.node, inst.ports["admin"]), base,
                           f"{name}.proxy.log", None,
                           lambda proc, k=key, i=inst: self._watch_proxy(k, i.sidecar, i.ports["admin"]))
-            tg.start_soon(self._supervise, f"app:{name}", inst.app, self._app_argv(inst), self._app_env(inst, base),
+            tg.start_soon(self._supervise, f"app:{name}", inst.app, app_argv(inst.workload),
+                          app_env(inst.workload, name, inst.ports, self.mesh, os.environ),
                           f"{name}.log", lambda k=key: self._ready_event(k).wait(),
                           lambda proc, i=inst: self._watch_app(i))
         tg.start_soon(self._announce)
-
-    def _app_argv(self, inst: state.InstanceStatus) -> list[str]:
-        command = list(inst.workload.command)
-        return [sys.executable, *command[1:]] if command and command[0] == "python" else command
-
-    def _app_env(self, inst: state.InstanceStatus, base: dict[str, str]) -> dict[str, str]:
-        w, ports = inst.workload, inst.ports
-        proxy = f"http://127.0.0.1:{ports['http_proxy']}"
-        env = {**base, "INSTANCE": inst.instance, "SERVICE_NAME": w.service, "POD_NAMESPACE": w.namespace,
-               "SERVICE_VERSION": w.resolved_labels.get("version", ""), "HTTP_PROXY": proxy, "http_proxy": proxy,
-               "NO_PROXY": "", "no_proxy": ""}
-        for i, p in enumerate(w.ports):
-            env[f"PORT_{p.port}"] = str(ports[f"app:{p.port}"])
-            if i == 0:
-                env["PORT"] = env[f"PORT_{p.port}"]
-        for u in state.workload_doc(w, self.mesh)["upstreams"]:
-            var = "".join(c if c.isalnum() else "_" for c in u["service"]).upper()
-            env.setdefault(f"{var}_ADDR", f"127.0.0.1:{ports[u['key']]}")
-            env[f"{var}_{u['port']}_ADDR"] = f"127.0.0.1:{ports[u['key']]}"
-        return {**env, **w.env}
 
     def _ready_event(self, key: str) -> anyio.Event:
         return self._ready.setdefault(key, anyio.Event())
@@ -278,13 +251,23 @@ class Supervisor:
             await self.until(lambda: self.gateway.ready)
         with anyio.move_on_after(ANNOUNCE_WAIT):
             await self.until(lambda: all(i.app.started for i in self.instances.values()))
+            await self.until(lambda: all(i.app.ready for i in self.instances.values()))
         not_ready = sorted(n for n, i in self.instances.items() if not i.app.ready)
         if not_ready:
             log.warning("instances not ready yet", instances=not_ready)
+        with anyio.move_on_after(SETTLE_WAIT):
+            target, synced = self.generation, 0
+            while synced < 2:  # twice in a row: the control plane debounces before it compiles
+                has = await gateway_synced(self.state_dir, target)
+                if has is None:
+                    break
+                synced = synced + 1 if has else 0
+                await anyio.sleep(0.1)
         self.announced = True
         self.out(f"Ingress: http://127.0.0.1:{self.plan.ingress}/")
         if not self.quiet:
             self.out(f"  knotwork status --mesh {self.dir}  ·  knotwork logs WORKLOAD --mesh {self.dir}  ·  Ctrl-C stops")
+        self.changed()
 
     # -- stop ------------------------------------------------------------------
     async def _shutdown(self) -> None:
@@ -294,8 +277,10 @@ class Supervisor:
         began = time.monotonic()
         first = [k for k in self._procs if k.startswith(("app:", "sidecar:"))]
         await self._terminate(first, min(self.settings.drain_timeout + 0.3, STOP_BUDGET - 1.0))
+        log.info("apps and sidecars stopped", seconds=round(time.monotonic() - began, 3))
         await self._terminate(["gateway", "control"], max(0.3, STOP_BUDGET - 0.3 - (time.monotonic() - began)))
         self.kill_all()
+        log.info("gateway and control plane stopped", seconds=round(time.monotonic() - began, 3))
         self.changed()
 
     async def _terminate(self, keys: list[str], budget: float) -> None:
@@ -312,34 +297,3 @@ class Supervisor:
         with anyio.move_on_after(0.3):
             for proc in procs:
                 await proc.wait()
-
-    # -- platform socket and state.json ----------------------------------------
-    async def _serve_platform(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        path = self.state_dir / state.PLATFORM_SOCKET
-        path.unlink(missing_ok=True)
-        old = os.umask(0o177)
-        try:
-            listener = await anyio.create_unix_listener(path)
-        finally:
-            os.umask(old)
-        task_status.started()
-        async with listener:
-            await listener.serve(self._platform_client)
-
-    async def _platform_client(self, stream: Any) -> None:
-        async with stream:
-            try:
-                while True:
-                    generation = self.generation
-                    await stream.send(state.json_line(self.document()))
-                    await self.until(lambda g=generation: self.generation != g)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return
-
-    async def _write_loop(self) -> None:
-        written = -1
-        while True:
-            await self.until(lambda: self.generation != written)
-            written = self.generation
-            state.write_state(self.state_dir, self.document())
-            await anyio.sleep(WRITE_DEBOUNCE)

@@ -41,6 +41,7 @@ class ControlClient:
         self.last_error: str | None = None
         self.connects = 0
         self.last_update = 0.0
+        self.received: set[str] = set()  # types received at least once: apply only when all were
 
     def status(self) -> dict:
         return {"control_connected": self.connected, "control_connects": self.connects, "nacks": self.nacks,
@@ -94,13 +95,15 @@ class ControlClient:
             for name in msg.get("removed", ()):
                 candidate.pop(name, None)
             state = {**self.accepted, type_key: candidate}
-            await self._apply(state)
+            if self.received | {type_key} >= set(TYPE_ORDER):
+                await self._apply(state)
         except Exception as exc:  # noqa: BLE001 - anything invalid is a NACK, last good config stays
             self.nacks += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("config rejected (NACK)", type=type_key, error=self.last_error)
             return {**reply, "version_info": self.type_versions.get(type_key, ""), "error_detail": self.last_error}
         self.accepted[type_key] = candidate
+        self.received.add(type_key)
         self.type_versions[type_key] = msg["version_info"]
         self.last_update = time.time()
         return {**reply, "version_info": msg["version_info"]}

@@ -75,9 +75,14 @@ class DataPlane:
         self.node_id = node_id
         self.known_extensions = known_extensions
         self.source_labels = dict(source_labels or {})
+        settings = ctx.settings
+        #: seconds an idle keep-alive connection (downstream or pooled upstream) is kept
+        self.idle_timeout: float = getattr(settings, "idle_timeout", 60.0)
         self.stats: collections.Counter[str] = collections.Counter()
-        self.pools = Pools(self.stats, None)  # type: ignore[arg-type]
-        self.shared = Shared(None, self.pools, self.stats)  # type: ignore[arg-type]
+        self.shared = Shared(None, None, self.stats)  # type: ignore[arg-type]
+        self.pools = Pools(self.stats, None, getattr(settings, "max_idle_per_endpoint", 128), self.shared)  # type: ignore[arg-type]
+        self.shared.pools = self.pools
+        self._sweeper: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
         self.slots: dict[str, ListenerSlot] = {}
         self.ready = False
@@ -148,6 +153,21 @@ class DataPlane:
             low = self.min_clusters_since_ready
             self.min_clusters_since_ready = count if low is None else min(low, count)
             self.ready = True
+            if self._sweeper is None:
+                self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close keep-alive connections idle for about `idle_timeout` (checked 4 times per timeout)."""
+        shared = self.shared
+        while True:
+            await asyncio.sleep(self.idle_timeout / 4)
+            shared.tick += 1
+            before = shared.tick - 4
+            for pool in list(self.pools.values()):
+                pool.close_idle(before)
+            for slot in [*self.slots.values(), *self._retired]:
+                for conn in list(slot.connections):
+                    conn.close_idle(before)
 
     async def _bind(self, lrt: ListenerRuntime) -> ListenerSlot:
         slot = ListenerSlot(lrt, self.source_labels)
@@ -200,6 +220,9 @@ class DataPlane:
     async def aclose(self) -> None:
         """Close every listener, connection and pooled upstream connection."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for slot in [*self.slots.values(), *self._retired]:
             slot.stop_accepting()
             slot.close_connections()
@@ -232,7 +255,7 @@ class DataPlane:
                 name: {"total": len(c.endpoints), "healthy": c.healthy, "requests": c.rq_total}
                 for name, c in sorted(clusters.items())
             },
-            "requests": self.stats["downstream_rq_total"],
+            "requests": shared.requests,
             "in_flight": shared.inflight,
             "responses": {f"{i}xx": n for i, n in enumerate(shared.codes) if i and n},
             "response_flags": dict(sorted(shared.flag_counts.items())),
@@ -247,6 +270,7 @@ class DataPlane:
         lines = [f"{k} {v}" for k, v in sorted(self.stats.items())]
         lines += [f"downstream_rq_{i}xx {n}" for i, n in enumerate(shared.codes) if i]
         lines += [f"response_flag_{k} {v}" for k, v in sorted(shared.flag_counts.items())]
+        lines.append(f"downstream_rq_total {shared.requests}")
         lines.append(f"downstream_rq_active {shared.inflight}")
         lines.append(f"upstream_cx_idle {self.pools.idle_count()}")
         rt = self.runtime

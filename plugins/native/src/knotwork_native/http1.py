@@ -42,7 +42,6 @@ _SPECIAL = {
     b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP, b"x-request-id": _RID, b"expect": _EXPECT,
 }
 _CONN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 #: reasons to pause reading the downstream connection (bit mask)
@@ -56,8 +55,8 @@ class DownstreamProtocol(asyncio.Protocol):
     """One downstream HTTP/1.1 connection on an http listener."""
 
     __slots__ = (
-        "blocks", "chunked", "closed", "connect", "drop", "dp", "ex", "expect", "feeding", "host", "local_address",
-        "parser", "parts", "peer_address", "peer_identity", "queue", "reading", "rid", "slot", "tls", "transport",
+        "blocks", "chunked", "closed", "connect", "drop", "dp", "eof", "ex", "expect", "feeding", "host", "local_address", "maybe10",
+        "parser", "parts", "peer_address", "peer_identity", "queue", "reading", "rid", "slot", "tick", "tls", "transport",
         "url", "write_paused", "xff", "xff_peer", "xfp", "xfp_line",
     )
 
@@ -73,6 +72,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self.write_paused = False
         self.feeding = False
         self.closed = False
+        self.eof = False
+        self.tick = dp.tick
         self.connect: Exchange | None = None  # a parsed CONNECT, waiting for the parser's upgrade signal
         self.peer_address: tuple[str, int] = ("", 0)
         self.local_address: tuple[str, int] = ("", 0)
@@ -91,6 +92,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.rid = False
         self.chunked = False
         self.expect = False
+        self.maybe10 = False
         self.drop: list[bytes] | None = None
 
     # ── asyncio.Protocol ─────────────────────────────────────────────────
@@ -118,13 +120,16 @@ class DownstreamProtocol(asyncio.Protocol):
             self._bad_request(exc)
         finally:
             self.feeding = False
-        ex = self.reading or self.ex
+        ex = self.ex  # only the active exchange has an upstream (queued ones wait)
         if ex is not None and ex.buf and ex.up is not None:
             ex.flush_up()
 
     def eof_received(self) -> bool:
-        # A half-closed client still gets its response (HTTP/1.1 allows it).
-        return self.ex is not None
+        # A half-closed client still gets its response (HTTP/1.1 allows it), then the connection closes.
+        if self.ex is None:
+            return False
+        self.eof = True
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -175,7 +180,10 @@ class DownstreamProtocol(asyncio.Protocol):
         elif code == _TE:
             self.chunked = True
         elif code == _CONN:
-            extra = [t for t in (t.strip() for t in value.lower().split(b",")) if t not in _CONN_TOKENS]
+            tokens = [t.strip() for t in value.lower().split(b",")]
+            if b"keep-alive" in tokens:
+                self.maybe10 = True  # HTTP/1.0 keep-alive, or a redundant 1.1 header
+            extra = [t for t in tokens if t not in _CONN_TOKENS]
             if extra:
                 self.drop = (self.drop or []) + extra
         elif code == _EXPECT:
@@ -187,7 +195,6 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self.parser
         method_b = parser.get_method()
-        method = _METHODS.get(method_b) or method_b.decode("latin-1")
         url = self.url
         host = self.host
         if url[:1] == b"/":
@@ -209,12 +216,20 @@ class DownstreamProtocol(asyncio.Protocol):
             self._drop_listed()
         if not self.rid:
             self.parts += (b"x-request-id", b": ", new_request_id(), b"\r\n")
-        ex = Exchange(self, method, method_b, path_b, host, parser.should_keep_alive(), parser.get_http_version() == "1.1")
-        self._reset()
-        if ex.connect:
+        keep = parser.should_keep_alive()
+        # Without a keep-alive token, keep-alive implies HTTP/1.1; ask the (slow) version only otherwise.
+        http11 = parser.get_http_version() == "1.1" if self.maybe10 or not keep else True
+        ex = Exchange(self, method_b, path_b, host, keep, http11)
+        self.tick = ex.dp.tick
+        expect = self.expect
+        self.url = self.host = b""
+        self.parts = []
+        if self.rid or self.chunked or self.expect or self.maybe10 or self.xff is not None or self.xfp is not None or self.drop:
+            self._reset()
+        if method_b == b"CONNECT":
             self.connect = ex  # the tunnel starts when the parser reports the upgrade
             return
-        if self.expect and not self.slot.draining:
+        if expect and not self.slot.draining:
             self.transport.write(_CONTINUE)  # type: ignore[union-attr]
         self.reading = ex
         if self.ex is None:
@@ -250,7 +265,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def ex_done(self, ex: Exchange, close: bool) -> None:
         """An exchange's response is complete: close, or serve the next request."""
-        if close or self.closed:
+        if close or self.closed or (self.eof and not self.queue):
             self.ex = None
             if self.transport is not None:
                 self.transport.close()
@@ -264,11 +279,12 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.unblock(BLOCK_QUEUE)
             self.ex = nxt
             nxt.start()
-        elif not self.blocks & BLOCK_QUEUE and self.blocks & BLOCK_BUFFER and self.reading is not ex:
-            self.unblock(BLOCK_BUFFER)
 
-    def close_idle(self) -> bool:
-        """Close the connection if no request is in progress; return whether it was."""
+    def close_idle(self, before: int | None = None) -> bool:
+        """Close the connection if no request is in progress (and, given `before`,
+        none started since that tick); return whether it was."""
+        if before is not None and self.tick >= before:
+            return False
         if self.ex is None and self.reading is None and self.transport is not None:
             self.transport.close()
             return True

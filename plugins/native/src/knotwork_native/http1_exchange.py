@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import flags as F
 from .http1_forward import Forwarding
 from .runtime import REPLAY_LIMIT
+from .upstream import HOP_BY_HOP, REBUILD, VERBATIM
 
 if TYPE_CHECKING:
     from .http1 import DownstreamProtocol
@@ -31,7 +32,7 @@ _CHUNK_END = b"0\r\n\r\n"
 _TE_CHUNKED = b"transfer-encoding: chunked\r\n"
 _CONN_CLOSE = b"connection: close\r\n"
 _CONN_KEEP = b"connection: keep-alive\r\n"
-_EMPTY: dict[str, str] = {}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")}
 _BLOCK_UPSTREAM, _BLOCK_BUFFER = 1, 2
 
 
@@ -43,7 +44,7 @@ class Exchange(Forwarding):
         "authority", "bytes_received", "bytes_sent", "cluster", "connection", "duration", "flags", "method", "path",
         "principal", "source_labels", "status", "upstream",
         # request
-        "buf", "buf_size", "chunked", "connect", "discard", "dp", "head", "head_req", "host_b", "http11", "keep_alive",
+        "buf", "buf_size", "chunked", "discard", "dp", "head", "host_b", "http11", "keep_alive",
         "live", "lr", "method_b", "parts", "path_b", "proto", "replay", "replay_size", "req_done", "sent_any", "xff", "xfp",
         # forwarding
         "crt", "deadline", "endpoint", "fresh", "picked", "plan", "retries", "task", "timer", "tried", "up",
@@ -51,14 +52,13 @@ class Exchange(Forwarding):
         "close", "finished", "mode", "out", "started", "t0",
     )
 
-    def __init__(self, proto: DownstreamProtocol, method: str, method_b: bytes, path_b: bytes, host: bytes, keep_alive: bool, http11: bool) -> None:
-        self.proto = proto
-        self.connection = proto
+    def __init__(self, proto: DownstreamProtocol, method_b: bytes, path_b: bytes, host: bytes, keep_alive: bool, http11: bool) -> None:
+        self.proto = self.connection = proto
         self.dp = proto.dp
         slot = proto.slot
         self.lr = slot.rt
-        self.source_labels = slot.source_labels or _EMPTY
-        self.method = method
+        self.source_labels = slot.source_labels
+        self.method = _METHODS.get(method_b) or method_b.decode("latin-1")
         self.method_b = method_b
         self.path_b = path_b
         self.path = path_b.decode("latin-1")
@@ -70,34 +70,21 @@ class Exchange(Forwarding):
         self.chunked = proto.chunked
         self.keep_alive = keep_alive
         self.http11 = http11
-        self.connect = method_b == b"CONNECT"
-        self.head_req = method_b == b"HEAD"
         self.principal: str | None = None
         self.buf: list[bytes] = []
-        self.buf_size = 0
         self.replay: list[bytes] | None = []
-        self.replay_size = 0
-        self.req_done = self.discard = self.sent_any = self.live = False
+        self.buf_size = self.replay_size = self.retries = self.status = self.bytes_received = self.bytes_sent = 0
+        self.req_done = self.discard = self.sent_any = self.live = self.fresh = False
+        self.started = self.finished = self.close = False
         self.head = b""
         self.up: UpstreamConnection | None = None
-        self.plan: Any = None
-        self.crt: Any = None
+        self.plan = self.crt = self.endpoint = self.picked = self.timer = self.deadline = self.task = None
         self.cluster: str | None = None
-        self.endpoint: Any = None
-        self.picked: Any = None
         self.upstream: str | None = None
         self.tried: list[Any] | None = None
-        self.retries = 0
-        self.fresh = False
-        self.timer: Any = None
-        self.deadline: Any = None
-        self.task: Any = None
-        self.status = 0
         self.flags = "-"
         self.mode = _NOBODY
         self.out: list[bytes] = []
-        self.started = self.finished = self.close = False
-        self.bytes_received = self.bytes_sent = 0
         self.t0 = self.duration = 0.0
 
     # ── RequestView ──────────────────────────────────────────────────────
@@ -168,33 +155,67 @@ class Exchange(Forwarding):
         self.proto.unblock(_BLOCK_UPSTREAM)
 
     # ── response (called by the upstream connection) ─────────────────────
-    def up_head(self, conn: UpstreamConnection, status: int, keep: bool) -> None:
+    def up_head(self, conn: UpstreamConnection, status: int) -> None:
         """Response headers arrived: retry, or forward them downstream."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         retry = self.plan.retry
-        if status in retry.statuses and self.retries < retry.attempts and self.can_replay():
-            self.drop_attempt()
-            self.attempt_failed("", f"upstream {self.upstream} answered {status}", True, status)
-            return
+        if status in retry.statuses:
+            if self.retries < retry.attempts and self.can_replay():
+                self.drop_attempt()
+                self.attempt_failed("", f"upstream {self.upstream} answered {status}", True, status)
+                return
+            if self.retries:
+                self.flags = F.URX  # the last attempt's response goes out as it is
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
         self.status = status
         self.started = True
-        if self.head_req or status == 204 or status == 304:
+        proto = self.proto
+        if conn.keep_alive and self.keep_alive and self.http11 and not conn.hop and self.method_b != b"HEAD" and not proto.slot.draining:
+            conn.mode = VERBATIM
+        else:
+            conn.mode = REBUILD
+            conn.held = b""
+            self._rebuild(conn, status)
+            if self.method_b == b"HEAD":
+                # No body follows, but the parser would wait for one: finish here, drop the connection.
+                conn.ex = None
+                conn.keep_alive = False
+                self.up = None
+                self.flush()
+                conn.close()
+                self.finish()
+                return
+        if proto.write_paused and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def _rebuild(self, conn: UpstreamConnection, status: int) -> None:
+        """Queue a rebuilt response head: hop-by-hop headers out, framing for this client."""
+        parts = conn.parts
+        names = [parts[i].lower() for i in range(0, len(parts), 2)]
+        drop = set(HOP_BY_HOP)
+        if b"connection" in names:
+            for i, n in enumerate(names):
+                if n == b"connection":
+                    drop.update(t.strip() for t in parts[2 * i + 1].lower().split(b","))
+        head = [F.status_line(status)]
+        for i, n in enumerate(names):
+            if n not in drop:
+                head += (parts[2 * i], b": ", parts[2 * i + 1], b"\r\n")
+        chunked = b"transfer-encoding" in names
+        if self.method_b == b"HEAD" or status == 204 or status == 304:
             mode = _NOBODY
-        elif conn.length and not conn.chunked:
+        elif b"content-length" in names and not chunked:
             mode = _RAW
         else:
             mode = _CHUNKED if self.http11 else _CLOSE
-            if not conn.chunked:
+            if not chunked:
                 conn.delimited = True  # the upstream's body ends when it closes
         self.mode = mode
         close = self.close = not self.keep_alive or mode == _CLOSE or self.proto.slot.draining
-        head = [F.status_line(status)]
-        head += conn.parts
         if mode == _CHUNKED:
             head.append(_TE_CHUNKED)
         if close:
@@ -203,16 +224,6 @@ class Exchange(Forwarding):
             head.append(_CONN_KEEP)
         head.append(b"\r\n")
         self.out.append(b"".join(head))
-        if self.head_req:
-            # No body follows, but the parser would wait for one: finish here, drop the connection.
-            conn.ex = None
-            conn.keep_alive = False
-            self.up = None
-            self.flush()
-            conn.close()
-            self.finish()
-        elif self.proto.write_paused and conn.transport is not None:
-            conn.transport.pause_reading()
 
     def up_body(self, chunk: bytes) -> None:
         self.bytes_sent += len(chunk)
@@ -226,8 +237,15 @@ class Exchange(Forwarding):
         self.up = None
         if self.mode == _CHUNKED:
             self.out.append(_CHUNK_END)
-        self.flush()
+        if self.out:
+            self.flush()
         conn.pool.release(conn, self.req_done and not self.buf)
+        picked = self.picked
+        if picked is not None:
+            self.picked = None
+            release = self.crt.release
+            if release is not None:
+                release(picked)
         self.finish()
 
     def flush(self) -> None:
@@ -258,9 +276,9 @@ class Exchange(Forwarding):
         self.started = True
         close = self.close = not self.keep_alive or self.proto.slot.draining
         if exact is not None:
-            data = F.local_reply(status, self.flags, "", close=close, headers=headers, head_only=self.head_req, exact=exact)
+            data = F.local_reply(status, self.flags, "", close=close, headers=headers, head_only=self.method_b == b"HEAD", exact=exact)
         else:
-            data = F.local_reply(status, self.flags, body, close=close, headers=headers, head_only=self.head_req)
+            data = F.local_reply(status, self.flags, body, close=close, headers=headers, head_only=self.method_b == b"HEAD")
         self.bytes_sent = len(data)
         proto = self.proto
         if not proto.closed and proto.transport is not None:
@@ -272,10 +290,20 @@ class Exchange(Forwarding):
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None or self.deadline is not None or self.picked is not None:
+        if self.timer is not None or self.deadline is not None:
             self.abandon(keep_up=True)
+        elif self.picked is not None:
+            self.release_pick()
         if self.live:
-            self.dp.request_done(self.flags, self.status)
+            dp = self.dp
+            dp.inflight -= 1
+            status = self.status
+            if 0 < status < 600:
+                dp.codes[status // 100] += 1
+            if self.flags != "-":
+                dp.count_flags(self.flags)
+            if dp.idle is not None and dp.inflight <= 0:
+                dp.idle.set()
             sinks = self.lr.telemetry
             if sinks:
                 self.duration = self.dp.loop.time() - self.t0

@@ -56,7 +56,7 @@ class Forwarding:
         self.live = True
         dp = self.dp
         dp.inflight += 1
-        dp.stats["downstream_rq_total"] += 1
+        dp.requests += 1
         lr = self.lr
         if lr.telemetry:
             self.t0 = dp.loop.time()

@@ -390,7 +390,7 @@ def _chain(ctx: ProxyContext, kind: str, names: Sequence[str], lis: Listener, wh
 class Shared:
     """Data-plane-wide state the request path touches: pools and plain counters."""
 
-    __slots__ = ("codes", "flag_counts", "idle", "inflight", "last_error", "loop", "pools", "stats")
+    __slots__ = ("codes", "flag_counts", "idle", "inflight", "last_error", "loop", "pools", "requests", "stats", "tick")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pools: Any, stats: dict[str, int]) -> None:
         self.loop = loop
@@ -399,6 +399,8 @@ class Shared:
         self.codes = [0] * 6  # responses by status class: index status // 100
         self.flag_counts: dict[str, int] = {}
         self.inflight = 0
+        self.requests = 0
+        self.tick = 0  # a coarse clock for idle timeouts, advanced by the data plane's sweeper
         self.idle: asyncio.Event | None = None  # set when inflight drops to 0 (while draining)
         self.last_error = ""  # the last internal error on the request path, for /status
 

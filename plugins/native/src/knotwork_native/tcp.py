@@ -31,7 +31,7 @@ class ConnectFailure(Exception):
 class Pipe(asyncio.Protocol):
     """One side of a TCP relay."""
 
-    __slots__ = ("closed", "dp", "eof", "peer", "release", "slot", "transport")
+    __slots__ = ("closed", "dp", "eof", "peer", "pending", "release", "slot", "transport")
 
     def __init__(self, dp: Any, slot: Any = None) -> None:
         self.dp = dp
@@ -40,6 +40,7 @@ class Pipe(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.eof = False
         self.closed = False
+        self.pending: list[bytes] = []  # read before the other side was connected
         self.release: Any = None  # balancer release callback, called once when the relay ends
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -47,13 +48,19 @@ class Pipe(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.closed:
+        if peer is None:
+            self.pending.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+        elif peer.transport is not None and not peer.closed:
             peer.transport.write(data)
 
     def eof_received(self) -> bool:
         self.eof = True
         peer = self.peer
-        if peer is None or peer.closed or peer.transport is None:
+        if peer is None:
+            return True  # forwarded once the other side is connected
+        if peer.closed or peer.transport is None:
             return False
         if peer.eof:  # both directions ended
             peer.transport.close()
@@ -87,10 +94,19 @@ class Pipe(asyncio.Protocol):
             peer.transport.resume_reading()
 
     def link(self, peer: Pipe) -> None:
+        """Join two sides; bytes (and an EOF) read before are passed on now."""
         self.peer, peer.peer = peer, self
+        for side, other in ((self, peer), (peer, self)):
+            if other.transport is None:
+                continue
+            if side.pending:
+                other.transport.writelines(side.pending)
+                side.pending = []
+            if side.eof and other.transport.can_write_eof():
+                other.transport.write_eof()
 
-    def close_idle(self) -> bool:
-        return False
+    def close_idle(self, before: int | None = None) -> bool:
+        return False  # a relay is never idle as far as HTTP goes: it ends with its peers
 
 
 async def open_upstream(dp: Any, crt: Any, request: Any, attempts: int = 3) -> tuple[asyncio.Transport, Pipe, Any]:
@@ -183,7 +199,7 @@ def start_tunnel(proto: Any, ex: Any, early: bytes) -> None:
     dp = ex.dp
     ex.t0 = dp.loop.time()
     dp.inflight += 1
-    dp.stats["downstream_rq_total"] += 1
+    dp.requests += 1
     ex.keep_alive = False
     lr = ex.lr
     for sink in lr.telemetry:

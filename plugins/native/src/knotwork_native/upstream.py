@@ -14,23 +14,31 @@ from typing import Any
 
 import httptools
 
-__all__ = ["EndpointPool", "Pools", "UpstreamConnection"]
+__all__ = ["HOP_BY_HOP", "REBUILD", "VERBATIM", "EndpointPool", "Pools", "UpstreamConnection"]
 
 #: Idle connections kept per endpoint; older ones beyond it are closed.
 MAX_IDLE = 128
-_HOP = frozenset({
+#: Response headers never forwarded as they are (RFC 9110 §7.6.1, and what Envoy removes).
+HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade",
     b"proxy-authenticate",
 })
-_CONN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+HEAD_PENDING, VERBATIM, REBUILD = 0, 1, 2
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to an endpoint; serves one exchange at a time."""
+    """One keep-alive connection to an endpoint; serves one exchange at a time.
+
+    A response the downstream can take as it is (keep-alive on both sides, no
+    hop-by-hop header, HTTP/1.1 client) is forwarded byte for byte, head and
+    body, one write per read (`mode` VERBATIM); otherwise its head is rebuilt
+    and its body re-framed (`mode` REBUILD). Bytes read before the head is
+    complete are held until the exchange decides (forward or retry).
+    """
 
     __slots__ = (
-        "chunked", "closed", "delimited", "drop", "ex", "got_bytes", "keep_alive", "length", "parser", "parts",
-        "pool", "reused", "transport",
+        "closed", "delimited", "done", "ex", "extra", "got_bytes", "held", "hop", "interim", "keep_alive", "mode",
+        "parser", "parts", "pool", "reused", "tick", "transport",
     )
 
     def __init__(self, pool: EndpointPool) -> None:
@@ -38,15 +46,19 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Any = None
-        self.parts: list[bytes] = []  # response header lines to forward, hop-by-hop ones removed
-        self.drop: list[bytes] | None = None
+        self.parts: list[bytes] = []  # name, value, name, value… of the current response head
+        self.mode = HEAD_PENDING
+        self.held = b""
+        self.hop = False  # the current head has a hop-by-hop header
+        self.done = False  # the current response is complete
+        self.interim = False
+        self.extra = False  # bytes followed the response: a broken upstream
         self.closed = False
         self.reused = False
         self.got_bytes = False  # any byte of the current response received
         self.keep_alive = True
-        self.chunked = False
-        self.length = False
         self.delimited = False  # the current response's body ends at connection close
+        self.tick = 0  # when it went idle (Shared.tick)
 
     # ── asyncio.Protocol ─────────────────────────────────────────────────
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,16 +75,43 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self.keep_alive = False
-            ex = self.ex
-            self.ex = None
-            self.close()
-            if ex is not None:
-                ex.up_lost(self, exc, protocol_error=True)
-            return
+            if not self.done:
+                self.keep_alive = False
+                ex = self.ex
+                self.ex = None
+                self.close()
+                if ex is not None:
+                    ex.up_lost(self, exc, protocol_error=True)
+                return
+            self.extra = True
         ex = self.ex
-        if ex is not None and ex.out:
-            ex.flush()
+        if ex is None:  # the exchange let go during the parse (retry, HEAD)
+            return
+        mode = self.mode
+        if mode == VERBATIM:
+            held = self.held
+            if held:
+                data = held + data
+                self.held = b""
+            ex.bytes_sent += len(data)
+            proto = ex.proto
+            if not proto.closed:
+                proto.transport.write(data)
+        elif mode == REBUILD:
+            if ex.out:
+                ex.flush()
+        else:
+            self.held = self.held + data if self.held else data
+            return
+        if self.done:
+            self.ex = None
+            self.mode = HEAD_PENDING
+            self.done = self.hop = False
+            self.parts = []
+            if self.extra:
+                self.keep_alive = False
+                ex.close = True
+            ex.up_done(self)
 
     def eof_received(self) -> bool:
         ex = self.ex
@@ -104,52 +143,37 @@ class UpstreamConnection(asyncio.Protocol):
             ex.up_resume_writing()
 
     # ── httptools callbacks ──────────────────────────────────────────────
-    def on_message_begin(self) -> None:
-        self.parts = []
-        self.chunked = self.length = False
-        self.drop = None
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        n = name.lower()
-        if n in _HOP:
-            if n == b"transfer-encoding":
-                self.chunked = True
-            elif n == b"connection":
-                extra = [t for t in (t.strip() for t in value.lower().split(b",")) if t not in _CONN_TOKENS]
-                if extra:
-                    self.drop = (self.drop or []) + extra
-            return
-        if n == b"content-length":
-            self.length = True
-        self.parts += (name, b": ", value, b"\r\n")
+        self.parts += (name, value)
+        if name.lower() in HOP_BY_HOP:
+            self.hop = True
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         status = parser.get_status_code()
-        if status < 200 and status != 101:
-            return  # interim response (100 Continue): swallowed, the final one follows
-        self.keep_alive = keep = parser.should_keep_alive()
-        if self.drop:
-            drop = set(self.drop)
-            parts = self.parts
-            self.parts = [b for i in range(0, len(parts), 4) if parts[i].lower() not in drop for b in parts[i:i + 4]]
-        ex = self.ex
-        if ex is not None:
-            ex.up_head(self, status, keep)
-
-    def on_body(self, body: bytes) -> None:
-        ex = self.ex
-        if ex is not None:
-            ex.up_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.parser.get_status_code() < 200:
+        if status < 200 and status != 101:  # interim response (100 Continue): the final one follows
+            self.interim = True
+            self.parts = []
+            self.hop = False
             return
         ex = self.ex
-        if ex is not None:
-            self.ex = None
-            self.delimited = False
-            ex.up_done(self)
+        if ex is None or self.done:
+            self.extra = True
+            return
+        self.keep_alive = parser.should_keep_alive()
+        ex.up_head(self, status)
+
+    def on_body(self, body: bytes) -> None:
+        if self.mode == REBUILD:
+            ex = self.ex
+            if ex is not None:
+                ex.up_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+        else:
+            self.done = True
 
     # ── used by the pool and exchanges ───────────────────────────────────
     def close(self) -> None:
@@ -172,9 +196,9 @@ class UpstreamConnection(asyncio.Protocol):
 class EndpointPool:
     """Keep-alive connections to one endpoint (address, port)."""
 
-    __slots__ = ("address", "connecting", "idle", "label", "loop", "port", "retired", "stats")
+    __slots__ = ("address", "connecting", "idle", "label", "loop", "max_idle", "port", "retired", "shared", "stats")
 
-    def __init__(self, address: str, port: int, stats: dict[str, int], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, address: str, port: int, stats: dict[str, int], loop: asyncio.AbstractEventLoop, max_idle: int = MAX_IDLE, shared: Any = None) -> None:
         self.address = address
         self.port = port
         self.label = f"{address}:{port}"
@@ -183,6 +207,8 @@ class EndpointPool:
         self.loop = loop
         self.retired = False
         self.connecting = 0
+        self.max_idle = max_idle
+        self.shared = shared  # for the idle clock
 
     def pop_idle(self) -> UpstreamConnection | None:
         """The most recently used idle connection, or None."""
@@ -199,11 +225,15 @@ class EndpointPool:
         conn.ex = None
         if reusable and not self.retired and not conn.closed and conn.keep_alive:
             conn.got_bytes = False
+            conn.mode = HEAD_PENDING
+            conn.held = b""
             transport = conn.transport
             if transport is not None and not transport.is_reading():
                 transport.resume_reading()
+            if self.shared is not None:
+                conn.tick = self.shared.tick
             self.idle.append(conn)
-            if len(self.idle) > MAX_IDLE:
+            if len(self.idle) > self.max_idle:
                 self.idle.pop(0).close()
         else:
             conn.close()
@@ -224,6 +254,11 @@ class EndpointPool:
             self.connecting -= 1
         return conn
 
+    def close_idle(self, before: int) -> None:
+        """Close idle connections that went idle before tick `before` (oldest first)."""
+        while self.idle and self.idle[0].tick < before:
+            self.idle.pop(0).close()
+
     def close(self) -> None:
         """Retire the pool: close idle connections; busy ones close when done."""
         self.retired = True
@@ -234,13 +269,15 @@ class EndpointPool:
 class Pools(dict[tuple[str, int], EndpointPool]):
     """All endpoint pools of a data plane, keyed by (address, port)."""
 
-    def __init__(self, stats: dict[str, int], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, stats: dict[str, int], loop: asyncio.AbstractEventLoop, max_idle: int = MAX_IDLE, shared: Any = None) -> None:
         super().__init__()
         self.stats = stats
         self.loop = loop
+        self.max_idle = max_idle
+        self.shared = shared
 
     def __missing__(self, key: tuple[str, int]) -> EndpointPool:
-        pool = self[key] = EndpointPool(key[0], key[1], self.stats, self.loop)
+        pool = self[key] = EndpointPool(key[0], key[1], self.stats, self.loop, self.max_idle, self.shared)
         return pool
 
     def keep_only(self, keys: set[tuple[str, int]]) -> None:

@@ -1,0 +1,1 @@
+"""Knotwork proxy engine: real Envoy driven over xDS."""
