@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import re
+from types import SimpleNamespace
 
 import attrs
 import httpx
@@ -413,3 +414,33 @@ async def test_round_robin_state_survives_endpoint_updates() -> None:
             names = {(await client.request()).text.split()[0] for _ in range(4)}
             assert names == {"a", "b"}
             await client.aclose()
+
+
+async def test_pipelined_body_then_request() -> None:
+    async def echo(up: Upstream, req: Req, writer: asyncio.StreamWriter, nth: int) -> None:
+        await respond(writer, 200, b"%s %s %s" % (req.method.encode(), req.url, bytes(req.body)))
+
+    app = Upstream("app", echo)
+    async with running(app), dataplane(resources(http_listener(), tables=[one_route()], clusters={"c": [app.addr]})) as dp:
+        client = await RawClient.open(dp.port_of("in"))
+        client.writer.write(
+            b"POST /a HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nhost: svc\r\n\r\n"
+        )
+        assert (await client.response()).text == "POST /a abc"
+        assert (await client.response()).text == "GET /b "
+        await client.aclose()
+
+
+async def test_idle_keepalive_connections_are_closed() -> None:
+    app = Upstream("app")
+    async with running(app):
+        dp = DataPlane(attrs.evolve(make_ctx(), settings=SimpleNamespace(idle_timeout=0.2)), node_id="n")
+        await dp.apply(dp.build(resources(http_listener(), tables=[one_route()], clusters={"c": [app.addr]})))
+        client = await RawClient.open(dp.port_of("in"))
+        assert (await client.request()).status == 200
+        assert dp.status()["upstream_cx_idle"] == 1
+        assert await client.closed(timeout=3)  # the proxy closed the idle downstream connection
+        await wait_for(lambda: dp.status()["upstream_cx_idle"] == 0, what="the pooled connection to close")
+        await client.aclose()
+        await dp.aclose()
