@@ -136,7 +136,7 @@ def test_value_problems(local_hooks, mesh_file):
             - {name: c, service: c, command: [x], readiness: {}}
         """)
     assert sorted(lines) == sorted([
-        "2: local.drain_timeout: expected seconds between 0 and 3.5, got 9.0",
+        "2: local.drain_timeout: expected seconds between 0 and 3.0, got 9.0",
         "4: local.workloads[0].name: expected a DNS label (lowercase letters, digits, '-'), got 'A_b'",
         "7: local.workloads[0].ports[0].protocol: expected HTTP, HTTP2, GRPC, TCP or TLS, got 'HTTPX'",
         "8: local.workloads[0].readiness.http: expected a path starting with '/', got 'health'",

@@ -306,7 +306,8 @@ async def test_config_swap_keeps_listener_connections_and_balancer() -> None:
             assert app.requests[-1].headers["x-version"] == "v2"
             assert app.connections == 1  # the pooled upstream connection survived the swap
 
-            moved = resources(Listener("in2", "127.0.0.1", 0, "inbound", route_table="rt"), tables=[one_route()], clusters={"c": [app.addr]})
+            in2 = Listener("in2", "127.0.0.1", 0, "inbound", route_table="rt")
+            moved = resources(in2, tables=[one_route()], clusters={"c": [app.addr]})
             await dp.apply(dp.build(moved))
             assert "in" not in dp.slots
             with pytest.raises(ConnectionError):
@@ -444,3 +445,69 @@ async def test_idle_keepalive_connections_are_closed() -> None:
         await wait_for(lambda: dp.status()["upstream_cx_idle"] == 0, what="the pooled connection to close")
         await client.aclose()
         await dp.aclose()
+
+
+async def test_removed_listener_finishes_its_in_flight_request() -> None:
+    release = asyncio.Event()
+
+    async def slow(up: Upstream, req: Req, writer: asyncio.StreamWriter, nth: int) -> None:
+        await release.wait()
+        await respond(writer, 200, b"finished")
+
+    app = Upstream("app", slow)
+    async with running(app), dataplane(resources(http_listener(), tables=[one_route()], clusters={"c": [app.addr]})) as dp:
+        client = await RawClient.open(dp.port_of("in"))
+        client.send()
+        await wait_for(lambda: len(app.requests) == 1, what="the request to reach the app")
+        gone = resources(http_listener("other"), tables=[one_route()], clusters={"c": [app.addr]})
+        await dp.apply(dp.build(gone))
+        assert "in" not in dp.slots
+        release.set()
+        resp = await client.response()
+        assert (resp.status, resp.text, resp.headers["connection"]) == (200, "finished", "close")
+        assert await client.closed()
+        await client.aclose()
+
+
+async def test_response_framing_chunked_and_close_delimited() -> None:
+    async def framed(up: Upstream, req: Req, writer: asyncio.StreamWriter, nth: int) -> bool:
+        if req.path == "/chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+            await writer.drain()
+            return False
+        writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil-close")  # ends when the app closes
+        await writer.drain()
+        return True
+
+    app = Upstream("app", framed)
+    async with running(app), dataplane(resources(http_listener(), tables=[one_route()], clusters={"c": [app.addr]})) as dp:
+        client = await RawClient.open(dp.port_of("in"))
+        resp = await client.request(path="/chunked")
+        assert (resp.text, resp.headers["transfer-encoding"]) == ("abcdefg", "chunked")
+        resp = await client.request(path="/delimited")
+        assert (resp.text, resp.headers["transfer-encoding"]) == ("until-close", "chunked")  # re-framed for keep-alive
+        assert (await client.request(path="/chunked")).text == "abcdefg"  # the client connection lives on
+        await client.aclose()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", dp.port_of("in"))
+        writer.write(b"GET /chunked HTTP/1.0\r\nhost: svc\r\n\r\n")  # an HTTP/1.0 client cannot take chunks
+        raw = await asyncio.wait_for(reader.read(), 5)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert body == b"abcdefg" and b"transfer-encoding" not in head.lower() and b"connection: close" in head.lower()
+        writer.close()
+
+
+async def test_expect_100_continue_is_answered_by_the_proxy() -> None:
+    async def echo(up: Upstream, req: Req, writer: asyncio.StreamWriter, nth: int) -> None:
+        await respond(writer, 200, b"%s expect=%s" % (bytes(req.body), req.headers.get("expect", "-").encode()))
+
+    app = Upstream("app", echo)
+    async with running(app), dataplane(resources(http_listener(), tables=[one_route()], clusters={"c": [app.addr]})) as dp:
+        reader, writer = await asyncio.open_connection("127.0.0.1", dp.port_of("in"))
+        writer.write(b"PUT /x HTTP/1.1\r\nhost: svc\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"data")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.readexactly(13), 5) == b"data expect=-"
+        writer.close()

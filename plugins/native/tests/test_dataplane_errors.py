@@ -33,7 +33,6 @@ from test_dataplane_support import (
     one_route,
     resources,
     respond,
-    route,
     running,
     table,
     wait_for,
@@ -62,7 +61,8 @@ async def _get(port: int, path: str = "/", host: str = "reviews", **kw: object) 
 
 
 async def test_no_route_is_404_nr() -> None:
-    async with dataplane(resources(http_listener(), tables=[one_route(CLUSTER, ("reviews",))], clusters={CLUSTER: [("127.0.0.1", 1)]})) as dp:
+    res = resources(http_listener(), tables=[one_route(CLUSTER, ("reviews",))], clusters={CLUSTER: [("127.0.0.1", 1)]})
+    async with dataplane(res) as dp:
         status, headers, body = await _get(dp.port_of("in"), "/x", host="ratings")
         assert status == 404
         assert headers["x-knotwork-response-flags"] == "NR" and headers["server"] == "knotwork"
@@ -176,7 +176,8 @@ async def test_a_large_streamed_body_is_not_retried() -> None:
 
     app = Upstream("app", unavailable)
     async with running(app):
-        res = resources(http_listener(), tables=[one_route(CLUSTER, retry=RetryPolicy(2, retry_on=("5xx",)))], clusters={CLUSTER: [app.addr]})
+        policy = RetryPolicy(2, retry_on=("5xx",))
+        res = resources(http_listener(), tables=[one_route(CLUSTER, retry=policy)], clusters={CLUSTER: [app.addr]})
         async with dataplane(res) as dp:
             status, _, _ = await _get(dp.port_of("in"), method="POST", body=b"x" * (100 * 1024))
             assert status == 503
@@ -194,7 +195,8 @@ async def test_upstream_reset_before_response_is_503_uc() -> None:
             status, headers, body = await _get(dp.port_of("in"))
             assert (status, headers["x-knotwork-response-flags"]) == (503, "UC")
             assert f"upstream connection to cluster {CLUSTER} endpoint {app.addr[0]}:{app.addr[1]} closed before response headers" in body
-        reset = resources(http_listener(), tables=[one_route(CLUSTER, retry=RetryPolicy(1, retry_on=("reset",)))], clusters={CLUSTER: [app.addr]})
+        reset_policy = RetryPolicy(1, retry_on=("reset",))
+        reset = resources(http_listener(), tables=[one_route(CLUSTER, retry=reset_policy)], clusters={CLUSTER: [app.addr]})
         async with dataplane(reset) as dp:
             status, headers, _ = await _get(dp.port_of("in"))
             assert (status, headers["x-knotwork-response-flags"]) == (503, "URX,UC")
@@ -245,10 +247,13 @@ async def test_weighted_clusters_and_local_routes() -> None:
         routes = (
             Route("direct", RouteMatch(prefix="/direct"), direct=DirectResponse(418, "short and stout")),
             Route("moved", RouteMatch(prefix="/old"), redirect=Redirect(path="/new", host="example.com")),
-            Route("rewrite", RouteMatch(prefix="/api/"), action=RouteAction((WeightedCluster("ca"),), prefix_rewrite="/v2/", host_rewrite="backend")),
-            Route("split", RouteMatch(prefix="/"), action=RouteAction((WeightedCluster("ca", 1), WeightedCluster("cb", 1), WeightedCluster("cz", 0)))),
+            Route("rewrite", RouteMatch(prefix="/api/"),
+                  action=RouteAction((WeightedCluster("ca"),), prefix_rewrite="/v2/", host_rewrite="backend")),
+            Route("split", RouteMatch(prefix="/"),
+                  action=RouteAction((WeightedCluster("ca", 1), WeightedCluster("cb", 1), WeightedCluster("cz", 0)))),
         )
-        res = resources(http_listener(), tables=[table("rt", ("vh", ("*",), routes))], clusters={"ca": [a.addr], "cb": [b.addr], "cz": [("127.0.0.1", 1)]})
+        clusters = {"ca": [a.addr], "cb": [b.addr], "cz": [("127.0.0.1", 1)]}
+        res = resources(http_listener(), tables=[table("rt", ("vh", ("*",), routes))], clusters=clusters)
         async with dataplane(res) as dp:
             client = await RawClient.open(dp.port_of("in"))
             resp = await client.request(path="/direct")
@@ -305,7 +310,10 @@ def test_missing_references_are_consistency_errors() -> None:
         (lambda r: r["clusters"].update(c=attrs.evolve(r["clusters"]["c"], extensions=(Extension("wasm", "x"),))), "extension 'wasm'"),
         (lambda r: r["routes"].update(rt=one_route(retry=RetryPolicy(1, retry_on=("sometimes",)))), "unknown retry_on condition"),
         (lambda r: r["routes"].update(rt=one_route(timeout=-1)), "timeout must be > 0"),
-        (lambda r: r["listeners"].update(dup=attrs.evolve(r["listeners"]["in"], name="dup", port=15001), in2=attrs.evolve(r["listeners"]["in"], name="in2", port=15001)), "also used by listener"),
+        (lambda r: r["listeners"].update(
+            dup=attrs.evolve(r["listeners"]["in"], name="dup", port=15001),
+            in2=attrs.evolve(r["listeners"]["in"], name="in2", port=15001),
+        ), "also used by listener"),
     ],
 )
 def test_invalid_configs_are_value_errors(change, message) -> None:  # type: ignore[no-untyped-def]
@@ -328,3 +336,46 @@ async def test_a_listener_that_cannot_bind_leaves_the_old_config() -> None:
                 await dp.apply(dp.build(clash))
             assert dp.runtime is old
             assert (await _get(taken))[0] == 200
+
+
+def test_tls_is_refused_rather_than_ignored() -> None:
+    res = resources(http_listener(), tables=[one_route()], clusters={"c": [("127.0.0.1", 1)]})
+    res["clusters"]["c"] = attrs.evolve(res["clusters"]["c"], tls={"mode": "ISTIO_MUTUAL"})
+    with pytest.raises(ValueError, match="upstream TLS"):
+        _build(res)
+    res["clusters"]["c"] = attrs.evolve(res["clusters"]["c"], tls={"mode": "DISABLE"})
+    _build(res)
+
+
+async def test_client_going_away_is_dc_and_frees_the_upstream() -> None:
+    release = asyncio.Event()
+
+    async def slow(up: Upstream, req: Req, writer: asyncio.StreamWriter, nth: int) -> None:
+        await release.wait()
+
+    app = Upstream("app", slow)
+    async with running(app):
+        async with dataplane(resources(_recorded(), tables=[one_route()], clusters={"c": [app.addr]})) as dp:
+            client = await RawClient.open(dp.port_of("in"))
+            client.send()
+            await wait_for(lambda: len(app.requests) == 1, what="the request to reach the app")
+            await client.aclose()
+            await wait_for(lambda: len(RecordingSink.records) == 1, what="the request to end")
+            assert (RecordingSink.records[0]["flags"], RecordingSink.records[0]["status"]) == ("DC", 0)
+            await wait_for(lambda: dp.stats["upstream_cx_active"] == 0, what="the upstream connection to be reset")
+            assert dp.status()["in_flight"] == 0
+        release.set()
+
+
+def test_flags_and_local_replies() -> None:
+    from knotwork_native import flags
+
+    assert flags.combine(flags.URX, flags.UF) == "URX,UF"
+    assert flags.combine("-", "") == "-"
+    assert set(flags.MEANINGS) >= {"NR", "UH", "UF", "UT", "URX", "UC", "UR", "DC", "LR", "DI", "FI"}
+    reply = flags.local_reply(503, "URX,UF", "upstream connect error", close=True)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    for line in (b"server: knotwork", b"x-knotwork-response-flags: URX,UF", b"connection: close", b"content-length: 23"):
+        assert line in head
+    assert body == b"upstream connect error\n"

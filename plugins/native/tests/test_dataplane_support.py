@@ -369,11 +369,15 @@ class RawClient:
         self.ready.append(self.current)
         self.current = Resp()
 
-    async def request(self, method: str = "GET", path: str = "/", host: str = "svc", headers: dict[str, str] | None = None, body: bytes = b"") -> Resp:
+    async def request(
+        self, method: str = "GET", path: str = "/", host: str = "svc", headers: dict[str, str] | None = None, body: bytes = b"",
+    ) -> Resp:
         self.send(method, path, host, headers, body)
         return await self.response()
 
-    def send(self, method: str = "GET", path: str = "/", host: str = "svc", headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+    def send(
+        self, method: str = "GET", path: str = "/", host: str = "svc", headers: dict[str, str] | None = None, body: bytes = b"",
+    ) -> None:
         hs = {"host": host, **(headers or {})}
         if body or method in ("POST", "PUT"):
             hs.setdefault("content-length", str(len(body)))

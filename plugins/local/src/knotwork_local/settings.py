@@ -27,7 +27,7 @@ __all__ = [
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: Stop budget of `up` is 5 s; sidecars must finish draining well before it.
-MAX_DRAIN = 3.5
+MAX_DRAIN = 3.0
 
 Problem = tuple[tuple, str]
 
@@ -135,7 +135,7 @@ class LocalSettings:
     """The `local` platform: workloads as processes on loopback, with `knotwork up`."""
 
     drain_timeout: float = attrs.field(default=3.0, metadata=_help(
-        "seconds a sidecar drains in-flight requests on stop (at most 3.5)"))
+        "seconds a sidecar drains in-flight requests on stop (at most 3.0)"))
     ingress: IngressSettings = attrs.field(factory=IngressSettings, metadata=_help("the ingress gateway"))
     workloads: tuple[WorkloadSettings, ...] = attrs.field(default=(), metadata=_help("the workloads `up` runs"))
 

@@ -34,7 +34,8 @@ __all__ = ["Supervisor"]
 
 log = structlog.get_logger("knotwork.local", plugin="local")
 
-STOP_BUDGET = 4.5  # seconds for the whole ordered stop (the CLI's hard limit is 5)
+STOP_BUDGET = 4.2  # seconds for the whole ordered stop, kills included (`up` exits after 5 whatever happens)
+KILL_WAIT = 0.2  # seconds to reap what was SIGKILLed
 CONTROL_WAIT = 15.0  # seconds proxies wait for the control plane's port before starting anyway
 ANNOUNCE_WAIT = 30.0  # seconds the ingress line waits for every instance to have started and be ready
 SETTLE_WAIT = 5.0  # seconds it then waits for the gateway to have the config with those instances
@@ -56,8 +57,7 @@ class Supervisor:
                           for w in settings.workloads for name in w.instance_names()}
         self.workloads = [state.workload_doc(w, mesh) for w in settings.workloads]
         self.routes = state.routes_doc(settings, mesh, str(mesh_path), list(route_lines))
-        self.started, self.generation, self.stopping, self.finished = time.time(), 0, False, False
-        self.announced = False
+        self.started, self.generation, self.stopping, self.finished, self.announced = time.time(), 0, False, False, False
         self._changed: anyio.Event | None = None  # events need the event loop: made in run()
         self._stop: anyio.Event | None = None
         self._ready: dict[str, anyio.Event] = {}
@@ -276,24 +276,25 @@ class Supervisor:
         self._shut = self.stopping = True
         began = time.monotonic()
         first = [k for k in self._procs if k.startswith(("app:", "sidecar:"))]
-        await self._terminate(first, min(self.settings.drain_timeout + 0.3, STOP_BUDGET - 1.0))
+        await self._terminate(first, began + min(self.settings.drain_timeout + 0.25, STOP_BUDGET - 1.0))
         log.info("apps and sidecars stopped", seconds=round(time.monotonic() - began, 3))
-        await self._terminate(["gateway", "control"], max(0.3, STOP_BUDGET - 0.3 - (time.monotonic() - began)))
-        self.kill_all()
+        await self._terminate(["gateway", "control"], began + STOP_BUDGET - KILL_WAIT)
+        self.kill_all()  # anything that started while stopping
         log.info("gateway and control plane stopped", seconds=round(time.monotonic() - began, 3))
         self.changed()
 
-    async def _terminate(self, keys: list[str], budget: float) -> None:
+    async def _terminate(self, keys: list[str], deadline: float) -> None:
+        """SIGTERM the process groups of `keys`, SIGKILL what still runs at `deadline`."""
         procs = [self._procs[k] for k in keys if k in self._procs and self._procs[k].returncode is None]
         for proc in procs:
             signal_group(proc.pid, signal.SIGTERM)
-        with anyio.move_on_after(budget):
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
             for proc in procs:
                 await proc.wait()
         for proc in procs:
             if proc.returncode is None:
                 log.warning("did not stop in time; killed", pid=proc.pid)
                 signal_group(proc.pid, signal.SIGKILL)
-        with anyio.move_on_after(0.3):
+        with anyio.move_on_after(KILL_WAIT):
             for proc in procs:
                 await proc.wait()

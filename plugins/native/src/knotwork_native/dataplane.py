@@ -15,7 +15,8 @@ from typing import Any
 from knotwork.records import ProxyContext
 
 from .http1 import DownstreamProtocol
-from .runtime import ListenerRuntime, Runtime, Shared, build_runtime, install_event_loop
+from .runtime import ListenerRuntime, Runtime, Shared, install_event_loop
+from .runtime_build import build_runtime
 from .tcp import TcpListenerProtocol
 from .upstream import Pools
 

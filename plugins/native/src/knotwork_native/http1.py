@@ -55,7 +55,7 @@ class DownstreamProtocol(asyncio.Protocol):
     """One downstream HTTP/1.1 connection on an http listener."""
 
     __slots__ = (
-        "blocks", "chunked", "closed", "connect", "drop", "dp", "eof", "ex", "expect", "feeding", "host", "local_address", "maybe10",
+        "blocks", "chunked", "closed", "connect", "drop", "dp", "ex", "expect", "feeding", "host", "local_address", "maybe10",
         "parser", "parts", "peer_address", "peer_identity", "queue", "reading", "rid", "slot", "tick", "tls", "transport",
         "url", "write_paused", "xff", "xff_peer", "xfp", "xfp_line",
     )
@@ -72,7 +72,6 @@ class DownstreamProtocol(asyncio.Protocol):
         self.write_paused = False
         self.feeding = False
         self.closed = False
-        self.eof = False
         self.tick = dp.tick
         self.connect: Exchange | None = None  # a parsed CONNECT, waiting for the parser's upgrade signal
         self.peer_address: tuple[str, int] = ("", 0)
@@ -125,11 +124,9 @@ class DownstreamProtocol(asyncio.Protocol):
             ex.flush_up()
 
     def eof_received(self) -> bool:
-        # A half-closed client still gets its response (HTTP/1.1 allows it), then the connection closes.
-        if self.ex is None:
-            return False
-        self.eof = True
-        return True
+        # As Envoy does: a client that closes its side has gone away (DC); in-flight
+        # requests are reset rather than served to a socket nobody may read.
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -229,10 +226,10 @@ class DownstreamProtocol(asyncio.Protocol):
         if method_b == b"CONNECT":
             self.connect = ex  # the tunnel starts when the parser reports the upgrade
             return
-        if expect and not self.slot.draining:
-            self.transport.write(_CONTINUE)  # type: ignore[union-attr]
         self.reading = ex
         if self.ex is None:
+            if expect and not self.slot.draining:  # (a queued request's client sends its body after a while anyway)
+                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
             self.ex = ex
             ex.start()
         else:
@@ -265,7 +262,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def ex_done(self, ex: Exchange, close: bool) -> None:
         """An exchange's response is complete: close, or serve the next request."""
-        if close or self.closed or (self.eof and not self.queue):
+        if close or self.closed:
             self.ex = None
             if self.transport is not None:
                 self.transport.close()

@@ -7,9 +7,12 @@ given to telemetry sinks. The forwarding logic (route, attempts, retries,
 timeouts) is in :class:`~knotwork_native.http1_forward.Forwarding`; this module
 holds the request body path, the response path and the bookkeeping.
 
-Output is batched: request bytes queue in ``buf`` and response bytes in
-``out``, and each is written once per read of the other side, so a small
-request or response costs one ``write`` per direction.
+Output is batched: request bytes queue in ``buf`` and are written once per
+downstream read; a response is either forwarded byte for byte as it is read
+(see :class:`~knotwork_native.upstream.UpstreamConnection`) or rebuilt into
+``out`` and written once per upstream read. A small request and response
+cost one ``write`` each. ``bytes_sent`` counts response bytes written
+downstream (head and body), ``bytes_received`` request body bytes.
 """
 
 from __future__ import annotations
@@ -223,7 +226,9 @@ class Exchange(Forwarding):
         elif not self.http11:
             head.append(_CONN_KEEP)
         head.append(b"\r\n")
-        self.out.append(b"".join(head))
+        data = b"".join(head)
+        self.bytes_sent += len(data)
+        self.out.append(data)
 
     def up_body(self, chunk: bytes) -> None:
         self.bytes_sent += len(chunk)

@@ -8,9 +8,8 @@ await an async authenticator or authorizer.
 
 from __future__ import annotations
 
-import asyncio
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knotwork.protocols import Decision
 
@@ -36,20 +35,50 @@ def _why(exc: BaseException) -> str:
 class Forwarding:
     """The forwarding half of :class:`~knotwork_native.http1_exchange.Exchange` (a mixin)."""
 
-    __slots__ = ()
-    # Declared for type checkers; the slots live on Exchange.
-    proto: Any
-    dp: Any
-    lr: Any
-    plan: Any
-    crt: Any
-    up: Any
-    task: Any
-    timer: Any
-    deadline: Any
-    picked: Any
-    endpoint: Any
-    tried: list[Any] | None
+    if not TYPE_CHECKING:
+        __slots__ = ()
+    else:  # the state and methods of Exchange this half uses (the slots live on Exchange)
+        proto: Any
+        dp: Any
+        lr: Any
+        plan: Any
+        crt: Any
+        up: Any
+        task: Any
+        timer: Any
+        deadline: Any
+        picked: Any
+        endpoint: Any
+        tried: list[Any] | None
+        live: bool
+        started: bool
+        finished: bool
+        fresh: bool
+        close: bool
+        sent_any: bool
+        retries: int
+        t0: float
+        flags: str
+        head: bytes
+        buf: list[bytes]
+        replay: list[bytes] | None
+        principal: str | None
+        authority: str
+        path: str
+        path_b: bytes
+        method_b: bytes
+        host_b: bytes
+        parts: list[bytes]
+        xff: bytes | None
+        xfp: bytes | None
+        chunked: bool
+        cluster: str | None
+        upstream: str | None
+
+        def reply(self, status: int, flag: str, body: str, headers: bytes = b"", exact: bytes | None = None) -> None: ...
+        def finish(self) -> None: ...
+        def flush(self) -> None: ...
+        def flush_up(self) -> None: ...
 
     def start(self) -> None:
         """Begin serving the request (headers complete and the connection is ours)."""
@@ -90,7 +119,8 @@ class Forwarding:
                             return self.reply(401, "-", f"unauthenticated: {exc}")
                         return self.reply(403, "-", f"RBAC: access denied: {exc}")
                     except Exception as exc:  # noqa: BLE001
-                        return self.reply(500, "-", f"{'authenticator' if stage == 0 else 'authorizer'} {type(chain[index]).__name__} failed: {exc!r}")
+                        kind = "authenticator" if stage == 0 else "authorizer"
+                        return self.reply(500, "-", f"{kind} {type(chain[index]).__name__} failed: {exc!r}")
                     if not isinstance(value, _SYNC_TYPES):
                         self.task = self.dp.loop.create_task(self._await_access(stage, index, value))
                         return None
@@ -154,9 +184,11 @@ class Forwarding:
 
     def _local_route(self, plan: RoutePlan) -> None:
         if plan.kind == RoutePlan.DIRECT:
-            status, body = plan.direct  # type: ignore[misc]
+            assert plan.direct is not None
+            status, body = plan.direct
             return self.reply(status, "-", "", exact=body)
         redirect = plan.redirect
+        assert redirect is not None
         scheme = "https" if self.proto.tls else "http"
         location = f"{scheme}://{redirect.host or self.authority}{redirect.path or self.path}"
         return self.reply(redirect.status, "-", "", headers=b"location: %s\r\n" % location.encode("latin-1"), exact=b"")

@@ -1,9 +1,9 @@
 """The per-config objects the data plane calls per request.
 
-:func:`build_runtime` turns the compiled resources (``resources[type][name]``)
-into a :class:`Runtime`: a router and route plans per route table, a balancer
-per cluster, strategy chains per listener. Everything here is built once per
-config; the request path only reads plain ``__slots__`` objects.
+A :class:`Runtime` (built by :func:`knotwork_native.runtime_build.build_runtime`)
+holds a router and route plans per route table, a balancer per cluster and
+strategy chains per listener. Everything here is built once per config; the
+request path only reads plain ``__slots__`` objects.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from knotwork.proxyconfig import Cluster, ConsistencyError, EndpointSet, LbEndpoint, Listener, Route, RouteTable
-from knotwork.records import ProxyContext, Strategy
+from knotwork.proxyconfig import Cluster, LbEndpoint, Listener, Route
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -26,14 +25,11 @@ __all__ = [
     "RoutePlan",
     "Runtime",
     "Shared",
-    "build_runtime",
     "install_event_loop",
 ]
 
 #: Largest request (head and body) kept for replay on retries.
 REPLAY_LIMIT = 64 * 1024
-LISTENER_MODES = frozenset({"inbound", "outbound", "http_proxy", "gateway"})
-LISTENER_PROTOCOLS = frozenset({"http", "tcp"})
 RETRY_TOKENS = frozenset({
     "5xx", "gateway-error", "connect-failure", "reset", "reset-before-request", "retriable-4xx",
     "retriable-status-codes", "refused-stream",
@@ -232,159 +228,6 @@ class Runtime:
     def endpoint_keys(self) -> set[tuple[str, int]]:
         """Every (address, port) any cluster may send to."""
         return {(e.address, e.port) for c in self.clusters.values() for e in c.endpoints}
-
-
-def _strategy(ctx: ProxyContext, kind: str, name: str, where: str) -> Strategy:
-    records = ctx.strategies.get(kind, {})
-    record = records.get(name)
-    if record is None:
-        raise ValueError(f"{where}: unknown {kind} strategy {name!r} (installed: {', '.join(sorted(records)) or 'none'})")
-    if "native" not in record.engines:
-        raise ValueError(f"{where}: {kind} strategy {name!r} does not support the native engine")
-    return record
-
-
-def _make(ctx: ProxyContext, kind: str, name: str, resource: Any, where: str) -> Any:
-    record = _strategy(ctx, kind, name, where)
-    try:
-        return record.factory(resource, ctx.strategy_settings.get(name))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"{where}: {kind} strategy {name!r} refused the config: {exc}") from exc
-
-
-def _check_extensions(resource: Any, where: str, known: frozenset[str]) -> None:
-    for ext in resource.extensions:
-        if ext.name not in known or "native" not in ext.engines:
-            raise ValueError(f"{where}: extension {ext.name!r} (plugin {ext.plugin!r}) is not supported by the native engine")
-
-
-def check_consistency(resources: Mapping[str, Mapping[str, Any]]) -> None:
-    """Raise ConsistencyError unless every reference resolves (as ProxySnapshot.check)."""
-    clusters, endpoints = resources.get("clusters", {}), resources.get("endpoints", {})
-    routes = resources.get("routes", {})
-    problems = []
-    for table in routes.values():
-        problems += [f"route table {table.name!r} references missing cluster {n!r}" for n in table.referenced_clusters() if n not in clusters]
-    problems += [f"cluster {n!r} has no endpoint set" for n in clusters if n not in endpoints]
-    for lis in resources.get("listeners", {}).values():
-        if lis.route_table and lis.route_table not in routes:
-            problems.append(f"listener {lis.name!r} references missing route table {lis.route_table!r}")
-        if lis.cluster and lis.cluster not in clusters:
-            problems.append(f"listener {lis.name!r} references missing cluster {lis.cluster!r}")
-    if problems:
-        raise ConsistencyError("; ".join(sorted(set(problems))))
-
-
-def _validate_listener(lis: Listener, where: str) -> None:
-    if lis.mode not in LISTENER_MODES:
-        raise ValueError(f"{where}: mode {lis.mode!r} is not one of {sorted(LISTENER_MODES)}")
-    if lis.protocol not in LISTENER_PROTOCOLS:
-        raise ValueError(f"{where}: protocol {lis.protocol!r} is not one of {sorted(LISTENER_PROTOCOLS)}")
-    if not 0 <= lis.port <= 65535:
-        raise ValueError(f"{where}: port {lis.port} out of range")
-    if lis.protocol == "http" and not lis.route_table:
-        raise ValueError(f"{where}: an http listener needs a route_table")
-    if lis.protocol == "tcp" and not lis.cluster:
-        raise ValueError(f"{where}: a tcp listener needs a cluster")
-    if lis.mode == "http_proxy" and lis.protocol != "http":
-        raise ValueError(f"{where}: an http_proxy listener must use protocol 'http'")
-    if lis.tls:
-        raise ValueError(f"{where}: TLS on listeners is not supported by the native data plane yet")
-
-
-def build_runtime(
-    ctx: ProxyContext,
-    resources: Mapping[str, Mapping[str, Any]],
-    previous: Runtime | None = None,
-    known_extensions: frozenset[str] = frozenset(),
-) -> Runtime:
-    """Validate `resources` and build a :class:`Runtime`.
-
-    Raises ConsistencyError when references do not resolve (yet), ValueError
-    naming the resource and field when the config is invalid. A cluster equal
-    to one in `previous` keeps its balancer object; its endpoints are updated
-    when the runtime is applied, so stateful balancers continue.
-    """
-    check_consistency(resources)
-    rt = Runtime(resources)
-    endpoint_sets: Mapping[str, EndpointSet] = resources.get("endpoints", {})
-    old_clusters = previous.clusters if previous is not None else {}
-    for name, cluster in resources.get("clusters", {}).items():
-        where = f"cluster {name!r}"
-        _check_extensions(cluster, where, known_extensions)
-        if cluster.tls:
-            raise ValueError(f"{where}: upstream TLS is not supported by the native data plane yet")
-        if cluster.connect_timeout <= 0:
-            raise ValueError(f"{where}: connect_timeout must be > 0")
-        endpoints = tuple(endpoint_sets[name].endpoints)
-        old = old_clusters.get(name)
-        if old is not None and old.resource == cluster:
-            balancer = old.balancer
-            reuse = True
-        else:
-            balancer = _make(ctx, "load_balancers", cluster.lb, cluster, where)
-            reuse = False
-        for method in ("update", "pick"):
-            if not callable(getattr(balancer, method, None)):
-                raise ValueError(f"{where}: load balancer {cluster.lb!r} has no {method}() method")
-        crt = ClusterRuntime(cluster, balancer, endpoints)
-        if reuse:
-            crt.pending_update = old is not None and old.endpoints != endpoints
-        else:
-            balancer.update(endpoints)
-        rt.clusters[name] = crt
-    plans_by_table: dict[str, dict[int, RoutePlan]] = {}
-    for name, table in resources.get("routes", {}).items():
-        where = f"route table {name!r}"
-        plans_by_table[name] = _build_plans(table, rt.clusters, where, known_extensions)
-        router = _make(ctx, "routers", table.router, table, where)
-        if not callable(getattr(router, "match", None)):
-            raise ValueError(f"{where}: router {table.router!r} has no match() method")
-        rt.routers[name] = router
-    seen: dict[tuple[str, int], str] = {}
-    for name, lis in resources.get("listeners", {}).items():
-        where = f"listener {name!r}"
-        _validate_listener(lis, where)
-        _check_extensions(lis, where, known_extensions)
-        if lis.port and (lis.address, lis.port) in seen:
-            raise ValueError(f"{where}: {lis.address}:{lis.port} is also used by listener {seen[(lis.address, lis.port)]!r}")
-        seen[(lis.address, lis.port)] = name
-        lrt = ListenerRuntime(lis)
-        lrt.clusters = rt.clusters
-        if lis.protocol == "http":
-            assert lis.route_table is not None
-            lrt.router = rt.routers[lis.route_table]
-            lrt.plans = plans_by_table[lis.route_table]
-        else:
-            assert lis.cluster is not None
-            lrt.cluster = rt.clusters[lis.cluster]
-        lrt.authn = _chain(ctx, "authenticators", lis.authn, lis, where, "authenticate")
-        lrt.authz = _chain(ctx, "authorizers", lis.authz, lis, where, "authorize")
-        lrt.telemetry = _chain(ctx, "telemetry", lis.telemetry, lis, where, "request_finished")
-        rt.listeners[name] = lrt
-    return rt
-
-
-def _build_plans(table: RouteTable, clusters: Mapping[str, ClusterRuntime], where: str, known: frozenset[str]) -> dict[int, RoutePlan]:
-    plans: dict[int, RoutePlan] = {}
-    for vh in table.virtual_hosts:
-        if not vh.domains:
-            raise ValueError(f"{where}: virtual host {vh.name!r} has no domains")
-        for route in vh.routes:
-            rwhere = f"{where} virtual host {vh.name!r} route {route.name!r}"
-            _check_extensions(route, rwhere, known)
-            plans[id(route)] = RoutePlan(route, clusters, rwhere)
-    return plans
-
-
-def _chain(ctx: ProxyContext, kind: str, names: Sequence[str], lis: Listener, where: str, method: str) -> tuple[Any, ...]:
-    chain = []
-    for name in names:
-        obj = _make(ctx, kind, name, lis, where)
-        if not callable(getattr(obj, method, None)):
-            raise ValueError(f"{where}: {kind} strategy {name!r} has no {method}() method")
-        chain.append(obj)
-    return tuple(chain)
 
 
 class Shared:

@@ -9,13 +9,12 @@ import attrs
 class NativeSettings:
     """Tuning of native sidecars and gateways; the defaults suit a laptop."""
 
-    connect_timeout: float = attrs.field(default=1.0, metadata={"help": "seconds to connect to an upstream"})
     idle_timeout: float = attrs.field(default=60.0, metadata={"help": "seconds an idle keep-alive connection is kept"})
     max_idle_per_endpoint: int = attrs.field(default=32, metadata={"help": "idle upstream connections kept per endpoint"})
 
     def problems(self) -> list[tuple[tuple, str]]:
         out = []
-        for name in ("connect_timeout", "idle_timeout"):
+        for name in ("idle_timeout",):
             if getattr(self, name) <= 0:
                 out.append(((name,), f"expected a number of seconds > 0, got {getattr(self, name)!r}"))
         if self.max_idle_per_endpoint < 0:

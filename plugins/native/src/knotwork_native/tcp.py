@@ -134,7 +134,7 @@ async def open_upstream(dp: Any, crt: Any, request: Any, attempts: int = 3) -> t
             why = f"upstream connect error to cluster {crt.name} endpoint {ep.address}:{ep.port}: {_why(exc)}"
             continue
         dp.stats["upstream_cx_total"] += 1
-        return transport, pipe, ep  # type: ignore[return-value]
+        return transport, pipe, ep
     raise ConnectFailure(F.combine(F.URX, F.UF) if len(tried) > 1 else F.UF, why)
 
 

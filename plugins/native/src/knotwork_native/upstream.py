@@ -145,8 +145,9 @@ class UpstreamConnection(asyncio.Protocol):
     # ── httptools callbacks ──────────────────────────────────────────────
     def on_header(self, name: bytes, value: bytes) -> None:
         self.parts += (name, value)
-        if name.lower() in HOP_BY_HOP:
-            self.hop = True
+        n = name.lower()
+        if n in HOP_BY_HOP and (n != b"transfer-encoding" or value.lower() != b"chunked"):
+            self.hop = True  # plain chunked framing may pass through as it is; anything else is rebuilt
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -198,7 +199,10 @@ class EndpointPool:
 
     __slots__ = ("address", "connecting", "idle", "label", "loop", "max_idle", "port", "retired", "shared", "stats")
 
-    def __init__(self, address: str, port: int, stats: dict[str, int], loop: asyncio.AbstractEventLoop, max_idle: int = MAX_IDLE, shared: Any = None) -> None:
+    def __init__(
+        self, address: str, port: int, stats: dict[str, int], loop: asyncio.AbstractEventLoop,
+        max_idle: int = MAX_IDLE, shared: Any = None,
+    ) -> None:
         self.address = address
         self.port = port
         self.label = f"{address}:{port}"
