@@ -32,7 +32,17 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/lint-imports
 
-bench: $(STAMP)
+# `make bench` (not part of `make test`): native sidecars vs direct and vs Envoy,
+# see bench/README.md. BENCH_ARGS="--duration 3 --rounds 1" for a quick run.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e '.[bench]'
+	touch $@
+
+bench: $(BENCH_STAMP)
+	@command -v wrk >/dev/null 2>&1 || { \
+		echo "make bench: wrk is not installed; install it with: apt-get install wrk" >&2; exit 2; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -11,7 +11,6 @@ so the figures follow the defaults the mesh ships with.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +80,7 @@ def outbound_snapshot(listen_port: int, next_hop_port: int, mode: str = "gateway
 class MiniControlPlane:
     """A SnapshotCache served by an engine's distribution server, in this process."""
 
-    def __init__(self, engine: str, listen_port: int) -> None:
+    def __init__(self, engine: str, listen_port: int, state_dir: Path) -> None:
         self.hooks = Hooks(make_plugin_manager())
         registry = self.hooks.registry()
         engines = registry["proxy_engines"]
@@ -90,9 +89,8 @@ class MiniControlPlane:
         self.engine = engines[engine]
         self.cache = SnapshotCache()
         self.address = f"{LOOPBACK}:{listen_port}"
-        self._tmp = Path(tempfile.mkdtemp(prefix="knotwork-bench-cp-"))
         settings = self.engine.settings() if self.engine.settings is not None else None
-        ctx = ComponentContext(mesh=MeshSettings(), settings=settings, mesh_dir=self._tmp, state_dir=self._tmp,
+        ctx = ComponentContext(mesh=MeshSettings(), settings=settings, mesh_dir=state_dir, state_dir=state_dir,
                                options={"listen": self.address})
         self.server: Any = self.engine.control_server(ctx, self.cache)
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["CLK_TCK", "Proc", "cpu_seconds", "free_port", "http_get", "memory", "wait_http", "wait_port"]
+__all__ = ["CLK_TCK", "Proc", "cpu_seconds", "free_port", "http_get", "machine_cpu", "memory", "wait_http", "wait_port"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
@@ -49,6 +49,16 @@ def cpu_seconds(pid: int) -> float:
     fields = data[data.rindex(")") + 2:].split()
     # fields[0] is field 3 (state): utime and stime are fields 14 and 15
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds of the whole machine since boot (/proc/stat): busy in processes
+    (user, nice, system: what /proc/PID/stat can account to someone), in interrupts
+    (irq, softirq: loopback TCP is partly processed there), stolen by the hypervisor, total."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = f
+    return {"busy": (user + nice + system) / CLK_TCK, "irq": (irq + softirq) / CLK_TCK, "steal": steal / CLK_TCK,
+            "total": sum(f) / CLK_TCK}
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -114,8 +124,9 @@ async def http_get(port: int, path: str, *, host: str = "127.0.0.1", headers: di
     async def go() -> tuple[int, bytes]:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-            writer.write(f"GET {path} HTTP/1.1\r\nhost: {host}:{port}\r\n{extra}connection: close\r\n\r\n".encode())
+            fields = {"host": f"{host}:{port}", **{k.lower(): v for k, v in (headers or {}).items()}, "connection": "close"}
+            lines = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+            writer.write(f"GET {path} HTTP/1.1\r\n{lines}\r\n".encode())
             data = await reader.read()
         finally:
             writer.close()

@@ -61,10 +61,10 @@ async def wrk_version() -> str:
     return out.decode(errors="replace").splitlines()[0].strip() if out else "?"
 
 
-async def run_wrk(url: str, *, connections: int, duration: float, headers: dict[str, str] | None = None,
+async def run_wrk(url: str, *, connections: int, duration: int, headers: dict[str, str] | None = None,
                   script: Path | None = None, timeout_s: int = 5) -> WrkResult:
     """``wrk -t1 -cN -dDs --latency URL``; raises on a wrk failure."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", f"--timeout={timeout_s}s"]
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(duration))}s", "--latency", f"--timeout={timeout_s}s"]
     for k, v in (headers or {}).items():
         argv += ["-H", f"{k}: {v}"]
     if script is not None:

@@ -168,13 +168,25 @@ class ControlPlane:
         return {"error": f"unknown method {method!r}"}
 
     def proxy_status(self) -> list[dict]:
+        """Per node and type: the latest version, what was sent, ACKed, NACKed.
+
+        A type with no resources that was never sent has no latest version
+        (nothing to be synced to): Envoy subscribes to SDS only once a
+        resource names a secret.
+        """
         rows = []
         for node in self.cache.nodes():
             snap = self.cache.get(node)
             st = self.cache.status.get(node)
+
+            def latest(t: str, snap: ProxySnapshot | None = snap, st: Any = st) -> str | None:
+                if snap is None or (not snap.count(t) and not (st and t in st.sent)):
+                    return None
+                return snap.type_version(t)
+
             rows.append({
                 "node": node, "connected": self.cache.connected.get(node, 0) > 0, "version": snap.version if snap else None,
-                "types": {t: {"latest": snap.type_version(t) if snap else None,
+                "types": {t: {"latest": latest(t),
                               "sent": st.sent.get(t) if st else None, "acked": st.acked.get(t) if st else None,
                               "nacked": st.nacked.get(t) if st else None} for t in TYPE_ORDER},
             })

@@ -1,1 +1,3 @@
-"""Knotwork proxy engine: real Envoy driven over xDS."""
+"""Knotwork proxy engine: real Envoy sidecars and gateways driven over xDS."""
+
+__version__ = "0.1.0"

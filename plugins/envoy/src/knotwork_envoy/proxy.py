@@ -1,0 +1,87 @@
+"""One envoy sidecar or gateway: the agent process of `knotwork proxy --engine envoy`.
+
+It runs Envoy (:class:`~knotwork_envoy.agent.EnvoyAgent`) and serves the
+same admin endpoint as a native proxy on ``127.0.0.1:<admin-port>``:
+
+- ``GET /ready`` → 200 ``LIVE`` once Envoy has accepted its first config, else 503;
+- ``GET /status`` → JSON: ``ready``, ``clusters``, ``min_clusters_since_ready``,
+  ``node``, ``control_connected``, listeners, in-flight requests, Envoy's pid…;
+- ``GET /config_dump``, ``/stats``, ``/clusters``, ``/listeners`` → Envoy's
+  own admin answers (query strings passed on);
+- ``POST /drain`` → starts draining (answers 202).
+
+On stop it drains (inbound and gateway listeners, in-flight requests up to
+the drain timeout), then stops Envoy.
+"""
+
+from __future__ import annotations
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from knotwork.records import ProxyContext
+
+from .agent import EnvoyAgent
+from .httpio import AdminHttpServer, Reply, json_reply, text_reply
+from .settings import EnvoySettings
+
+__all__ = ["EnvoyProxy"]
+
+log = structlog.get_logger("knotwork.envoy.proxy").bind(plugin="envoy")
+PASSED_ON = frozenset({"/config_dump", "/stats", "/clusters", "/listeners", "/server_info", "/memory", "/certs"})
+
+
+class EnvoyProxy:
+    """The `knotwork proxy --engine envoy` component."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        settings = ctx.settings if isinstance(ctx.settings, EnvoySettings) else EnvoySettings()
+        self.agent = EnvoyAgent(ctx, settings)
+        self.admin = AdminHttpServer(ctx.admin_port, self.handle)
+        self._drain: anyio.Event | None = None
+
+    def status(self) -> dict:
+        return {"node": self.ctx.node_id, "node_id": self.ctx.node_id, "engine": "envoy",
+                "control_address": self.ctx.control_address, **self.agent.status()}
+
+    async def handle(self, method: str, target: str) -> Reply:
+        path, _, query = target.partition("?")
+        if path == "/drain":
+            if method != "POST":
+                return text_reply(405, "use POST\n")
+            if self._drain is None:
+                self._drain = anyio.Event()
+                self._tg.start_soon(self.agent.drain, self.ctx.drain_timeout)
+            return text_reply(202, "draining\n")
+        if method not in ("GET", "HEAD"):
+            return text_reply(405, "use GET\n")
+        if path == "/ready":
+            return text_reply(200, "LIVE\n") if self.agent.ready else text_reply(503, "PRE_INITIALIZING\n")
+        if path == "/status":
+            if self.agent.admin_port is not None:
+                await self.agent.sample()
+            return json_reply(200, self.status())
+        if path in PASSED_ON:
+            try:
+                status, body = await self.agent.admin("GET", target, timeout=5.0)
+            except (OSError, TimeoutError) as exc:
+                return text_reply(503, f"envoy's admin API is not answering: {exc!r}\n")
+            ctype = "application/json" if body[:1] in (b"{", b"[") else "text/plain"
+            return status, body, ctype
+        return text_reply(404, f"admin endpoints: /ready /status /drain {' '.join(sorted(PASSED_ON))}\n")
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await self.admin.start()
+                tg.start_soon(self.agent.run)
+                log.info("proxy started", node=self.ctx.node_id, admin_port=self.admin.port, control=self.ctx.control_address)
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                log.info("draining", timeout=self.ctx.drain_timeout)
+                await self.agent.stop(self.ctx.drain_timeout)
+                await self.admin.aclose()
+                log.info("proxy stopped")

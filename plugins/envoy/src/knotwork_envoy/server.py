@@ -1,0 +1,233 @@
+"""The envoy engine's config distribution server: xDS ADS, state of the world.
+
+One bidirectional gRPC stream per Envoy (grpclib, the ``envoy_data_plane``
+service base). The first request names the node (Envoy sends it only once:
+``set_node_on_first_message_only``). Versions, nonces, ACK/NACK and the push
+order (CDS → EDS → LDS → RDS; removals last, reversed) are the kernel's
+shared core (:class:`knotwork.distribution.AdsSession`); this module maps
+Envoy's type URLs to the core's type keys, translates resources
+(:mod:`knotwork_envoy.translate`) and packs them once per (type, name,
+version) for every proxy (:class:`knotwork.distribution.ResourceCache`).
+
+A resource that cannot be translated is logged with the reason and left out
+of the response (Envoy keeps whatever it had under that name); it is retried
+when its content changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from envoy_data_plane.envoy.service.discovery.v3 import (
+    AggregatedDiscoveryServiceBase,
+    DiscoveryRequest as XdsRequest,
+    DiscoveryResponse,
+)
+from grpclib.server import Server
+from knotwork.distribution import AdsSession, DiscoveryRequest, Push, ResourceCache, SnapshotCache, StreamStatus
+from knotwork.proxyconfig import (
+    Cluster, EndpointSet, LbEndpoint, Listener, ProxySnapshot, Route, RouteAction, RouteTable, VirtualHost, WeightedCluster,
+)
+from knotwork.records import ComponentContext
+
+from .settings import EnvoySettings
+from .translate import TYPE_KEYS, TYPE_URLS, TranslateOptions, TranslationError, pack
+
+__all__ = ["EnvoyServer", "parse_address"]
+
+log = structlog.get_logger("knotwork.envoy.server").bind(plugin="envoy")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def request_from_xds(req: XdsRequest, type_key: str) -> DiscoveryRequest:
+    """The engine-neutral form of an Envoy request; any ``error_detail`` makes it a NACK."""
+    error = None
+    if req.error_detail is not None:
+        error = req.error_detail.message or f"rejected (code {req.error_detail.code})"
+    return DiscoveryRequest(
+        type=type_key, version_info=req.version_info, response_nonce=req.response_nonce,
+        resource_names=tuple(req.resource_names), error_detail=error,
+    )
+
+
+class _Server(Server):
+    """grpclib's server, but :meth:`close` also closes the connections.
+
+    grpclib stops listening and cancels the running streams, yet leaves the
+    HTTP/2 connections open; Envoy then reopens its ADS stream on them and a
+    stopped server keeps serving. (Private grpclib API, pinned by the tests.)
+    """
+
+    def __init__(self, handlers: list[Any]) -> None:
+        super().__init__(handlers)
+        self._protocols: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        self._protocols.add(protocol)
+        return protocol
+
+    def close(self) -> None:
+        super().close()
+        for protocol in list(self._protocols):
+            processor = getattr(protocol, "processor", None)
+            if processor is not None:
+                processor.close("server closed")
+
+
+def warm_up() -> None:
+    """Translate and pack one small resource of each type (see :meth:`EnvoyServer.run`)."""
+    samples = {
+        "listeners": Listener(name="warm", address="127.0.0.1", port=1, mode="inbound", route_table="warm"),
+        "routes": RouteTable(name="warm", virtual_hosts=(VirtualHost(name="warm", domains=("*",), routes=(
+            Route(name="warm", action=RouteAction(clusters=(WeightedCluster("warm"),))),)),)),
+        "clusters": Cluster(name="warm"),
+        "endpoints": EndpointSet(name="warm", endpoints=(LbEndpoint("127.0.0.1", 1),)),
+    }
+    for type_key, resource in samples.items():
+        bytes(DiscoveryResponse(resources=[pack(type_key, resource)], type_url=TYPE_URLS[type_key]))
+
+
+class EnvoyServer(AggregatedDiscoveryServiceBase):
+    """Serves every Envoy its snapshot from the control plane's cache over ADS."""
+
+    def __init__(self, ctx: ComponentContext, cache: SnapshotCache) -> None:
+        self.cache = cache
+        self.listen = parse_address(str(ctx.options.get("listen", "127.0.0.1:0")))
+        settings = ctx.settings if isinstance(ctx.settings, EnvoySettings) else EnvoySettings()
+        self.options = TranslateOptions(server_name=settings.server_name)
+        self.encoded = ResourceCache()
+        self.address: tuple[str, int] | None = None
+        #: (type, name) -> why the latest version of that resource could not be translated
+        self.errors: dict[tuple[str, str], str] = {}
+        self.responses = 0
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        # The first message of each type costs ~0.5 s (the API types build their validators
+        # lazily): pay it now, off the loop, rather than on the first proxy's first response.
+        await anyio.to_thread.run_sync(warm_up)
+        server = _Server([self])
+        await server.start(*self.listen, reuse_address=True)
+        sock = server._server.sockets[0]  # noqa: SLF001 - grpclib exposes no bound address
+        self.address = sock.getsockname()[:2]
+        log.info("xDS (ADS) server listening", address=f"{self.address[0]}:{self.address[1]}")
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            server.close()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await server.wait_closed()
+
+    # ── encoding ─────────────────────────────────────────────────────────
+    def _encode(self, type_key: str, name: str, resource: Any) -> Any:
+        try:
+            packed = pack(type_key, resource, self.options)
+        except TranslationError as exc:
+            self.errors[(type_key, name)] = str(exc)
+            log.error("resource cannot be translated to Envoy config; not sent", type=type_key, name=name, error=str(exc))
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bug in one translator must not stop distribution
+            self.errors[(type_key, name)] = f"{type(exc).__name__}: {exc}"
+            log.exception("translation failed", type=type_key, name=name)
+            return None
+        self.errors.pop((type_key, name), None)
+        if type_key == "listeners" and resource.telemetry:
+            log.warning("listener telemetry strategies do not run in Envoy; ignored", name=name,
+                        telemetry=list(resource.telemetry))
+        return packed
+
+    def response(self, push: Push, snap: ProxySnapshot) -> DiscoveryResponse:
+        """The DiscoveryResponse of one planned push: the type's whole subscribed set."""
+        versions = snap.versions[push.type]
+        resources = []
+        for name in sorted(push.resources):
+            packed = self.encoded.get((push.type, name, versions[name]),
+                                      lambda n=name: self._encode(push.type, n, push.resources[n]))
+            if packed is not None:
+                resources.append(packed)
+        self.responses += 1
+        return DiscoveryResponse(version_info=push.version, resources=resources, type_url=TYPE_URLS[push.type],
+                                 nonce=push.nonce)
+
+    # ── the ADS stream ───────────────────────────────────────────────────
+    async def stream_aggregated_resources(self, messages: AsyncIterator[XdsRequest]) -> AsyncIterator[DiscoveryResponse]:
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(messages, queue))
+        watcher: asyncio.Task[None] | None = None
+        node = ""
+        session: AdsSession | None = None
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "end":
+                    return
+                if kind == "request":
+                    if session is None:
+                        node = item.node.id if item.node is not None else ""
+                        if not node:
+                            log.warning("ADS stream without a node id refused")
+                            return
+                        session = AdsSession(node, self.cache.status.setdefault(node, StreamStatus()))
+                        self.cache.connected[node] = self.cache.connected.get(node, 0) + 1
+                        watcher = asyncio.create_task(self._watch(node, queue))
+                        log.info("envoy connected", node=node)
+                    if not self._on_request(node, session, item):
+                        continue
+                if session is None:
+                    continue
+                snap = self.cache.get(node)
+                if snap is None:
+                    continue
+                for push in session.plan(snap):
+                    log.debug("push", node=node, type=push.type, version=push.version, nonce=push.nonce,
+                              resources=len(push.resources), changed=len(push.changed), removed=len(push.removed))
+                    yield self.response(push, snap)
+        finally:
+            reader.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            if session is not None:
+                self.cache.connected[node] -= 1
+                log.info("envoy disconnected", node=node)
+
+    def _on_request(self, node: str, session: AdsSession, req: XdsRequest) -> bool:
+        """Account for one request; True when it owes a response."""
+        type_key = TYPE_KEYS.get(req.type_url)
+        if type_key is None:
+            log.warning("unknown resource type requested; ignored", node=node, type_url=req.type_url)
+            return False
+        verdict = session.on_request(request_from_xds(req, type_key))
+        log.debug("request", node=node, type=type_key, version=req.version_info, nonce=req.response_nonce,
+                  names=len(req.resource_names), verdict=verdict)
+        if verdict == "nack":
+            log.warning("config rejected by Envoy (NACK); it keeps its last good config", node=node, type=type_key,
+                        version=req.version_info, detail=session.status.nacked.get(type_key))
+        return verdict == "subscribe"
+
+    @staticmethod
+    async def _read(messages: AsyncIterator[XdsRequest], queue: asyncio.Queue[tuple[str, Any]]) -> None:
+        try:
+            async for message in messages:
+                queue.put_nowait(("request", message))
+        except Exception as exc:  # noqa: BLE001 - a broken stream ends the session
+            log.debug("ADS stream read failed", error=repr(exc))
+        finally:
+            queue.put_nowait(("end", None))
+
+    async def _watch(self, node: str, queue: asyncio.Queue[tuple[str, Any]]) -> None:
+        seen: str | None = None
+        while True:
+            snap = await self.cache.wait_change(node, seen)
+            seen = snap.version
+            queue.put_nowait(("change", seen))

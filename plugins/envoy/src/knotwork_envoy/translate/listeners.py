@@ -1,0 +1,93 @@
+"""``Listener`` → Envoy ``config.listener.v3.Listener``.
+
+- ``inbound`` and ``gateway`` (traffic direction INBOUND, drained on stop)
+  and ``http_proxy`` / ``outbound`` (OUTBOUND);
+- ``http``: an HTTP connection manager whose routes come over RDS
+  (``route_config_name`` = the listener's route table), the router filter,
+  and the native engine's local replies (:mod:`.replies`); ``http_proxy``
+  also takes absolute-form requests and terminates ``CONNECT``;
+- ``tcp``: a TCP proxy to the listener's cluster (3 connect attempts, as
+  the native engine).
+
+Listeners bind exclusively (no ``SO_REUSEPORT``), as the native engine's do,
+so a port already in use is refused (NACK) instead of shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from knotwork.proxyconfig import Listener
+
+from .common import ADS, TranslationError, socket_address, stat_name, typed
+from .replies import local_reply_config
+
+__all__ = ["HCM", "MODES", "TCP_PROXY", "listener"]
+
+HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "envoy.extensions.filters.http.router.v3.Router"
+TCP_PROXY = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+MODES = {"inbound": "INBOUND", "gateway": "INBOUND", "outbound": "OUTBOUND", "http_proxy": "OUTBOUND"}
+#: Connect attempts of a TCP listener (the native engine tries 3 endpoints).
+TCP_CONNECT_ATTEMPTS = 3
+
+
+def _check(lis: Listener, where: str) -> None:
+    if lis.mode not in MODES:
+        raise TranslationError(f"{where}: mode {lis.mode!r} is not one of {sorted(MODES)}")
+    if lis.protocol not in ("http", "tcp"):
+        raise TranslationError(f"{where}: protocol {lis.protocol!r} is not one of ['http', 'tcp']")
+    if not 0 <= lis.port <= 65535:
+        raise TranslationError(f"{where}: port {lis.port} out of range")
+    if lis.protocol == "http" and not lis.route_table:
+        raise TranslationError(f"{where}: an http listener needs a route_table")
+    if lis.protocol == "tcp" and not lis.cluster:
+        raise TranslationError(f"{where}: a tcp listener needs a cluster")
+    if lis.mode == "http_proxy" and lis.protocol != "http":
+        raise TranslationError(f"{where}: an http_proxy listener must use protocol 'http'")
+    if lis.tls:
+        raise TranslationError(f"{where}: tls: TLS on listeners is not supported by the envoy engine yet")
+    if lis.authn or lis.authz:
+        raise TranslationError(f"{where}: authn/authz: Python access-control strategies "
+                               f"({', '.join((*lis.authn, *lis.authz))}) cannot run in Envoy yet")
+    for ext in lis.extensions:
+        raise TranslationError(f"{where}: extension {ext.name!r} (plugin {ext.plugin!r}) is not supported by the envoy engine")
+
+
+def http_connection_manager(lis: Listener, server_name: str = "knotwork") -> dict[str, Any]:
+    """The ``HttpConnectionManager`` of an HTTP listener."""
+    upgrades: list[dict[str, Any]] = [{"upgrade_type": "websocket"}]
+    if lis.mode == "http_proxy":
+        upgrades.append({"upgrade_type": "CONNECT"})
+    config: dict[str, Any] = {
+        "stat_prefix": stat_name(lis.name),
+        "codec_type": "AUTO",
+        "rds": {"route_config_name": lis.route_table, "config_source": ADS},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": typed(ROUTER, suppress_envoy_headers=True)}],
+        "use_remote_address": True,
+        "upgrade_configs": upgrades,
+        "http_protocol_options": {"accept_http_10": True, "allow_absolute_url": True},
+        "local_reply_config": local_reply_config(lis),
+    }
+    if server_name:
+        config["server_name"] = server_name
+        config["server_header_transformation"] = "APPEND_IF_ABSENT"
+    return typed(HCM, **config)
+
+
+def listener(lis: Listener, server_name: str = "knotwork") -> dict[str, Any]:
+    """The Envoy listener of `lis` (proto-JSON); raises TranslationError."""
+    where = f"listener {lis.name!r}"
+    _check(lis, where)
+    if lis.protocol == "http":
+        net = {"name": "envoy.filters.network.http_connection_manager", "typed_config": http_connection_manager(lis, server_name)}
+    else:
+        net = {"name": "envoy.filters.network.tcp_proxy", "typed_config": typed(
+            TCP_PROXY, stat_prefix=stat_name(lis.name), cluster=lis.cluster, max_connect_attempts=TCP_CONNECT_ATTEMPTS)}
+    return {
+        "name": lis.name,
+        "address": socket_address(lis.address, lis.port),
+        "traffic_direction": MODES[lis.mode],
+        "enable_reuse_port": False,
+        "filter_chains": [{"filters": [net]}],
+    }
