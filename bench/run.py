@@ -367,7 +367,7 @@ class Bench:
 
     # ── profiling ────────────────────────────────────────────────────────
     async def measure_profile(self) -> None:
-        from pyspy import pyspy_path, record, summarize
+        from profiling import perf_dso, perf_path, pyspy_path, record, summarize, summarize_native
 
         if pyspy_path() is None:
             log("\n--profile: py-spy is not installed; install it with `.venv/bin/pip install py-spy`")
@@ -375,24 +375,50 @@ class Bench:
         t = next(t for t in self.targets if t.key == "native1")
         proxy = t.proxies[0]
         seconds = self.args.profile
-        log(f"\nProfiling {proxy.name} (pid {proxy.pid}) with py-spy for {seconds:g} s under wrk -c32")
-        out = self.tmp / "native1.pyspy.txt"
-        load = asyncio.ensure_future(run_wrk(t.url, connections=32, duration=seconds + 1, headers=t.headers))
+        steps = 1 + (perf_path() is not None) + self.args.profile_native
+        log(f"\nProfiling {proxy.name} (pid {proxy.pid}) under wrk -c32: py-spy {seconds} s"
+            f"{f', perf {seconds} s' if perf_path() else ' (perf not installed: no per-binary split)'}"
+            f"{f', py-spy --native {seconds} s' if self.args.profile_native else ''}")
+        load = asyncio.ensure_future(run_wrk(t.url, connections=32, duration=steps * (seconds + 1) + 1, headers=t.headers))
+        cpu0 = proxy.cpu()
         await asyncio.sleep(0.5)
-        code, err = await record(proxy.pid, seconds, out, native=self.args.profile_native)
-        res = await load
+        out = self.tmp / "native1.pyspy.txt"
+        code, err = await record(proxy.pid, seconds, out)
         if code != 0 or not out.exists():
             log(f"  py-spy failed ({code}): {err.strip()[-500:]}")
+            load.cancel()
             return
-        self.profile = {"proxy": proxy.name, "seconds": seconds, "rps_while_sampled": res.rps, "raw": str(out),
-                        **summarize(out)}
-        log(f"  {self.profile['samples']} samples at {res.rps:,.0f} rps (collapsed stacks: {out})")
-        log(f"  {'self %':>7}  function")
-        for name, share in self.profile["self"][:20]:
-            log(f"  {share:>7.1f}  {name}")
-        log(f"  {'total %':>7}  function (inclusive)")
-        for name, share in self.profile["total"][:25]:
-            log(f"  {share:>7.1f}  {name}")
+        prof: dict[str, Any] = {"proxy": proxy.name, "seconds": seconds, "raw": str(out), **summarize(out)}
+        if perf_path():
+            prof["perf_dso_pct"] = await perf_dso(proxy.pid, seconds, self.tmp / "native1.perf.data")
+        if self.args.profile_native:
+            native_out = self.tmp / "native1.pyspy-native.txt"
+            code, err = await record(proxy.pid, seconds, native_out, native=True)
+            if code == 0 and native_out.exists():
+                prof["native"] = summarize_native(native_out)
+            else:
+                log(f"  py-spy --native failed ({code}): {err.strip()[-300:]}")
+        res = await load
+        cpu_us = (proxy.cpu() - cpu0) / max(res.requests, 1) * 1e6
+        prof.update({"rps_while_sampled": res.rps, "cpu_us_per_request_while_sampled": cpu_us})
+        self.profile = prof
+        log(f"  {prof['samples']} py-spy samples at {res.rps:,.0f} rps, {cpu_us:.1f} µs CPU/request (stacks: {out})")
+        if prof.get("perf_dso_pct"):
+            log("  on-CPU time by binary (perf cpu-clock), µs per request:")
+            for name, share in list(prof["perf_dso_pct"].items())[:8]:
+                log(f"  {share:>7.1f} %  {share * cpu_us / 100:>6.1f} µs  {name}")
+        log(f"  {'self %':>9}  function (py-spy, wall-clock while busy; C calls count as their caller's)")
+        for name, share in prof["self"][:20]:
+            log(f"  {share:>9.1f}  {name}")
+        log(f"  {'total %':>9}  function (inclusive)")
+        for name, share in prof["total"][:25]:
+            log(f"  {share:>9.1f}  {name}")
+        if "native" in prof:
+            nat = prof["native"]
+            log(f"  py-spy --native: syscall leaves {', '.join(f'{k} {v}%' for k, v in nat['syscall_leaf_pct'].items())}; "
+                "the rest by innermost Python frame:")
+            for name, share in nat["python_inner"][:20]:
+                log(f"  {share:>9.1f}  {name}")
 
     # ── stopping ─────────────────────────────────────────────────────────
     def stop_all(self) -> None:

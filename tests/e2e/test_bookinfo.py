@@ -104,3 +104,16 @@ def test_control_plane_and_instance_die_under_load(bookinfo: RunningMesh) -> Non
     after = _cluster_counts(bookinfo)
     for node, status in after.items():
         assert status["min_clusters_since_ready"] >= before[node]["clusters"], (node, before[node], status)
+
+
+def test_proxy_config_and_status_commands(bookinfo: RunningMesh) -> None:
+    dumps = bookinfo.knotwork_json("proxy-config", "reviews-v1")
+    assert list(dumps) == ["sidecar~reviews-v1-1"]
+    text = str(dumps)
+    assert "ratings.default.svc.cluster.local" in text and "inbound|9080" in text
+    table = bookinfo.knotwork("proxy-config", "productpage-v1")
+    assert table.returncode == 0 and "outbound|9080||reviews.default.svc.cluster.local" in table.stdout
+    status = bookinfo.knotwork("proxy-status")
+    assert status.returncode == 0 and "gateway~ingress" in status.stdout and "SYNCED" in status.stdout
+    unknown = bookinfo.knotwork("proxy-config", "nope")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr

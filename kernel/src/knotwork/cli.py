@@ -7,11 +7,13 @@ bad arguments), 3 broken plugin. User mistakes never print a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from typing import Any
 import anyio
 import structlog
 
-from .config import MeshError, load_mesh
+from .config import STATE_DIR, MeshError, find_mesh_file, load_mesh
+from .control import admin_call
 from .kernel import Hooks, PluginError, make_plugin_manager
 from .records import ProxyContext
 
@@ -31,6 +34,10 @@ STOP_BUDGET = 5.0
 
 class UsageError(Exception):
     """A user mistake on the command line: one line, exit 2."""
+
+
+class RuntimeFailure(Exception):
+    """Something the command needs is not there (a mesh not running): one line, exit 1."""
 
 
 def configure_logging(level: str = "info") -> None:
@@ -147,18 +154,50 @@ def cmd_proxy(args: argparse.Namespace, hooks: Hooks) -> int:
     return 0
 
 
-def cmd_proxy_status(args: argparse.Namespace, hooks: Hooks) -> int:
-    import json
-
-    from .config import STATE_DIR, find_mesh_file
-    from .control import admin_call
-
+def _ask_control(args: argparse.Namespace, method: str) -> Any:
     state_dir = find_mesh_file(args.mesh).absolute().parent / STATE_DIR
     try:
-        rows = anyio.run(admin_call, state_dir, "proxy_status")["proxies"]
+        return anyio.run(admin_call, state_dir, method)["proxies"]
     except (OSError, TimeoutError) as exc:
-        print(f"knotwork proxy-status: the control plane is not reachable: {exc}", file=sys.stderr)
-        return 1
+        raise RuntimeFailure(f"the control plane is not reachable: {exc}") from None
+
+
+def cmd_proxy_config(args: argparse.Namespace, hooks: Hooks) -> int:
+    nodes = [n for n in _ask_control(args, "proxies")
+             if args.workload in (n["workload"], n["instance"], n["id"]) and n["admin"]]
+    if not nodes:
+        raise UsageError(f"WORKLOAD: no proxy of workload, instance or node {args.workload!r} is known")
+    dumps = {}
+    for node in nodes:
+        url = f"http://{node['address']}:{node['admin']}/config_dump"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 - loopback admin port
+                dumps[node["id"]] = json.load(reply)
+        except OSError as exc:
+            raise RuntimeFailure(f"{node['id']}: admin {url} not reachable: {exc}") from None
+    if args.output == "json":
+        print(json.dumps(dumps, indent=1))
+        return 0
+    for node_id, dump in dumps.items():
+        print(f"# {node_id}")
+        if "configs" in dump:  # an Envoy admin config dump
+            for config in dump["configs"]:
+                print(f"  {config.get('@type', '?').rsplit('.', 1)[-1]}")
+            continue
+        for type_key, resources in dump.items():
+            for name, res in resources.items():
+                detail = {"listeners": lambda r: f"{r['mode']} {r['protocol']} :{r['port']} -> "
+                                                  f"{r.get('route_table') or r.get('cluster')}",
+                          "clusters": lambda r: f"lb={r['lb']}",
+                          "endpoints": lambda r: " ".join(f"{e['address']}:{e['port']}{'' if e['healthy'] else '(unhealthy)'}"
+                                                          for e in r["endpoints"]),
+                          "routes": lambda r: f"{len(r['virtual_hosts'])} virtual hosts"}.get(type_key, lambda r: "")
+                print(f"  {type_key:<10} {name:<60} {detail(res)}")
+    return 0
+
+
+def cmd_proxy_status(args: argparse.Namespace, hooks: Hooks) -> int:
+    rows = _ask_control(args, "proxy_status")
     for row in rows:
         for t in row["types"].values():
             t["state"] = ("NACKED" if t["nacked"] else "SYNCED" if t["acked"] and t["acked"] == t["latest"]
@@ -203,6 +242,11 @@ def build_parser(hooks: Hooks) -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=0, help="admin port on 127.0.0.1 (/ready, /status)")
     p.add_argument("--drain-timeout", type=float, default=3.0, help="seconds to drain in-flight requests on stop")
     p.set_defaults(func=cmd_proxy)
+    p = sub.add_parser("proxy-config", help="the effective config of a workload's proxies (from their admin)")
+    p.add_argument("workload", metavar="WORKLOAD", help="workload, instance or node id")
+    _mesh_arg(p)
+    p.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_proxy_config)
     p = sub.add_parser("proxy-status", help="per proxy and resource type: synced, stale or NACKed")
     _mesh_arg(p)
     p.add_argument("--output", "-o", choices=("table", "json"), default="table")
@@ -232,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"knotwork {args.command}: {exc}", file=sys.stderr)
         return 2
+    except RuntimeFailure as exc:
+        print(f"knotwork {args.command}: {exc}", file=sys.stderr)
+        return 1
     except PluginError as exc:
         print(f"knotwork: {exc}", file=sys.stderr)
         return 3

@@ -157,6 +157,11 @@ class ControlPlane:
         method = request.get("method")
         if method == "proxy_status":
             return {"proxies": self.proxy_status()}
+        if method == "proxies":
+            return {"proxies": [{"id": n.id, "kind": n.kind, "workload": n.workload, "namespace": n.namespace,
+                                 "address": n.address, "admin": n.ports.get("admin"),
+                                 "instance": n.metadata.get("instance", "")}
+                                for p in self.sources.values() for n in p.proxies]}
         if method == "status":
             return {"version": self.version, "pushes": self.pushes, "pid": os.getpid(), "uptime": time.time() - self.started,
                     "sources": {k: {"version": v.version, "synced": v.synced} for k, v in self.sources.items()},
