@@ -12,7 +12,6 @@ import importlib.metadata
 import inspect
 import os
 from collections.abc import Iterable, Sequence
-from types import ModuleType
 from typing import Any
 
 import attrs
@@ -157,15 +156,6 @@ class Hooks:
                 if first:
                     break
         return out
-
-    def plugin_of(self, obj: Any) -> str:
-        """The plugin whose package defines `obj` (a factory or function)."""
-        packages = {
-            (p.__name__.split(".")[0] if isinstance(p, ModuleType) else type(p).__module__.split(".")[0]): n
-            for n, p in self.pm.list_name_plugin()
-        }
-        module = getattr(obj, "__module__", None) or type(obj).__module__
-        return packages.get(module.split(".")[0], module.split(".")[0])
 
     def _collect(self, kind: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
