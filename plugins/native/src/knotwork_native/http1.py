@@ -26,12 +26,21 @@ __all__ = ["DownstreamProtocol", "new_request_id"]
 
 _PREFIX = os.urandom(10).hex()
 _RID_PREFIX = f"{_PREFIX[:8]}-{_PREFIX[8:12]}-4{_PREFIX[13:16]}-a{_PREFIX[17:20]}-".encode()
-_rid_counter = iter(range(1, 1 << 62)).__next__
+_RID_LOW = tuple(b"%03x" % i for i in range(4096))  # the counter's last 3 hex digits, formatted once
 
 
-def new_request_id() -> bytes:
-    """A unique, uuid4-shaped request id: a random per-process prefix and a counter."""
-    return b"%s%012x" % (_RID_PREFIX, _rid_counter() & 0xFFFFFFFFFFFF)
+def _request_ids() -> Any:
+    """Request ids: the per-process prefix, then a 48-bit counter (9 hex digits per block of 4096 ids, then 3)."""
+    block = 0
+    while True:
+        head = b"%s%09x" % (_RID_PREFIX, block & 0xFFFFFFFFF)
+        for low in _RID_LOW:
+            yield head + low
+        block += 1
+
+
+#: A unique, uuid4-shaped request id (bytes): a random per-process prefix and a counter.
+new_request_id: Any = _request_ids().__next__
 
 
 # header name (lower-case) → handling code while parsing
@@ -55,8 +64,8 @@ class DownstreamProtocol(asyncio.Protocol):
     """One downstream HTTP/1.1 connection on an http listener."""
 
     __slots__ = (
-        "blocks", "chunked", "closed", "connect", "drop", "dp", "ex", "expect", "feeding", "host", "local_address", "maybe10",
-        "parser", "parts", "peer_address", "peer_identity", "queue", "reading", "rid", "slot", "tick", "tls", "transport",
+        "blocks", "chunked", "closed", "connect", "drop", "dp", "ex", "expect", "feeding", "fwd_lines", "host", "local_address",
+        "maybe10", "parser", "parts", "peer_address", "peer_identity", "queue", "reading", "rid", "slot", "tick", "tls", "transport",
         "url", "write_paused", "xff", "xff_peer", "xfp", "xfp_line",
     )
 
@@ -80,6 +89,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.tls = False
         self.xff_peer = b""
         self.xfp_line = b"x-forwarded-proto: http\r\n"
+        self.fwd_lines = b"x-forwarded-for: \r\n" + self.xfp_line  # both x-forwarded-* lines when the client sent neither
         self._reset()
 
     def _reset(self) -> None:
@@ -102,6 +112,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if peer:
             self.peer_address = (peer[0], peer[1])
             self.xff_peer = peer[0].encode()
+            self.fwd_lines = b"x-forwarded-for: " + self.xff_peer + b"\r\n" + self.xfp_line
         if local:
             self.local_address = (local[0], local[1])
         self.slot.connections.add(self)

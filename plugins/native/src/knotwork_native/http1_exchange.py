@@ -37,6 +37,16 @@ _CONN_CLOSE = b"connection: close\r\n"
 _CONN_KEEP = b"connection: keep-alive\r\n"
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")}
 _BLOCK_UPSTREAM, _BLOCK_BUFFER = 1, 2
+_AUTHORITIES: dict[bytes, str] = {}  # raw Host bytes → the authority strategies see (decoded, lower-case)
+
+
+def _authority(host: bytes) -> str:
+    authority = host.decode("latin-1").lower()
+    if len(host) <= 255:  # bounded: at most 1024 short names
+        if len(_AUTHORITIES) >= 1024:
+            _AUTHORITIES.clear()
+        _AUTHORITIES[host] = authority
+    return authority
 
 
 class Exchange(Forwarding):
@@ -66,20 +76,22 @@ class Exchange(Forwarding):
         self.path_b = path_b
         self.path = path_b.decode("latin-1")
         self.host_b = host
-        self.authority = host.decode("latin-1").lower()
+        authority = _AUTHORITIES.get(host)
+        if authority is None:
+            authority = _authority(host)
+        self.authority = authority
         self.parts = proto.parts
         self.xff = proto.xff
         self.xfp = proto.xfp
         self.chunked = proto.chunked
         self.keep_alive = keep_alive
         self.http11 = http11
-        self.principal: str | None = None
         self.buf: list[bytes] = []
         self.replay: list[bytes] | None = []
-        self.buf_size = self.replay_size = self.retries = self.status = self.bytes_received = self.bytes_sent = 0
-        self.req_done = self.discard = self.sent_any = self.live = self.fresh = False
-        self.started = self.finished = self.close = False
         self.head = b""
+        self.buf_size = self.replay_size = self.retries = self.status = self.bytes_received = self.bytes_sent = 0
+        self.req_done = self.discard = self.sent_any = self.live = self.fresh = self.started = self.finished = self.close = False
+        self.principal: str | None = None
         self.up: UpstreamConnection | None = None
         self.plan = self.crt = self.endpoint = self.picked = self.timer = self.deadline = self.task = None
         self.cluster: str | None = None

@@ -207,9 +207,12 @@ class Forwarding:
         else:
             head += parts
         xff = self.xff
-        head += (b"x-forwarded-for: ", proto.xff_peer if xff is None else xff + b", " + proto.xff_peer, b"\r\n")
         xfp = self.xfp
-        head.append(proto.xfp_line if xfp is None or proto.slot.overwrite_xfp else b"x-forwarded-proto: " + xfp + b"\r\n")
+        if xff is None and xfp is None:
+            head.append(proto.fwd_lines)
+        else:
+            head += (b"x-forwarded-for: ", proto.xff_peer if xff is None else xff + b", " + proto.xff_peer, b"\r\n")
+            head.append(proto.xfp_line if xfp is None or proto.slot.overwrite_xfp else b"x-forwarded-proto: " + xfp + b"\r\n")
         head.append(plan.set_headers)
         head.append(b"transfer-encoding: chunked\r\n\r\n" if self.chunked else b"\r\n")
         return b"".join(head)
@@ -233,11 +236,14 @@ class Forwarding:
         per_try = self.plan.retry.per_try_timeout
         if per_try is not None:
             self.timer = self.dp.loop.call_later(per_try, self.on_try_timeout)
-        conn = pool.pop_idle()
-        if conn is not None:
-            self.send(conn)
-        else:
-            self.task = self.dp.loop.create_task(self.dial(pool))
+        idle = pool.idle  # pool.pop_idle(), inline
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                self.send(conn)
+                return None
+        self.task = self.dp.loop.create_task(self.dial(pool))
         return None
 
     def send(self, conn: Any) -> None:

@@ -23,6 +23,7 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade",
     b"proxy-authenticate",
 })
+_HOP_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP)  # most header names are ruled out by their length alone
 HEAD_PENDING, VERBATIM, REBUILD = 0, 1, 2
 
 
@@ -145,9 +146,10 @@ class UpstreamConnection(asyncio.Protocol):
     # ── httptools callbacks ──────────────────────────────────────────────
     def on_header(self, name: bytes, value: bytes) -> None:
         self.parts += (name, value)
-        n = name.lower()
-        if n in HOP_BY_HOP and (n != b"transfer-encoding" or value.lower() != b"chunked"):
-            self.hop = True  # plain chunked framing may pass through as it is; anything else is rebuilt
+        if len(name) in _HOP_LENGTHS:
+            n = name.lower()
+            if n in HOP_BY_HOP and (n != b"transfer-encoding" or value.lower() != b"chunked"):
+                self.hop = True  # plain chunked framing may pass through as it is; anything else is rebuilt
 
     def on_headers_complete(self) -> None:
         parser = self.parser
