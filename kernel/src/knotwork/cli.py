@@ -162,6 +162,16 @@ def _ask_control(args: argparse.Namespace, method: str) -> Any:
         raise RuntimeFailure(f"the control plane is not reachable: {exc}") from None
 
 
+#: Envoy config dump type -> (type key, list of dynamic resources, path to a resource's name)
+_ENVOY_DUMP = {
+    "ClustersConfigDump": ("clusters", "dynamic_active_clusters", ("cluster", "name")),
+    "EndpointsConfigDump": ("endpoints", "dynamic_endpoint_configs", ("endpoint_config", "cluster_name")),
+    "ListenersConfigDump": ("listeners", "dynamic_listeners", ("name",)),
+    "RoutesConfigDump": ("routes", "dynamic_route_configs", ("route_config", "name")),
+    "SecretsConfigDump": ("secrets", "dynamic_active_secrets", ("name",)),
+}
+
+
 def cmd_proxy_config(args: argparse.Namespace, hooks: Hooks) -> int:
     nodes = [n for n in _ask_control(args, "proxies")
              if args.workload in (n["workload"], n["instance"], n["id"]) and n["admin"]]
@@ -182,7 +192,12 @@ def cmd_proxy_config(args: argparse.Namespace, hooks: Hooks) -> int:
         print(f"# {node_id}")
         if "configs" in dump:  # an Envoy admin config dump
             for config in dump["configs"]:
-                print(f"  {config.get('@type', '?').rsplit('.', 1)[-1]}")
+                kind = config.get("@type", "?").rsplit(".", 1)[-1]
+                type_key, field, path = _ENVOY_DUMP.get(kind, (kind, "", ()))
+                for item in config.get(field, ()) if field else ():
+                    for key in path:
+                        item = item.get(key, {}) if isinstance(item, dict) else {}
+                    print(f"  {type_key:<10} {item}")
             continue
         for type_key, resources in dump.items():
             for name, res in resources.items():

@@ -11,7 +11,6 @@ import socket
 import statistics
 import time
 
-import attrs
 import pytest
 from knotwork.distribution import SnapshotCache
 from knotwork.proxyconfig import Cluster, EndpointSet, LbEndpoint, Listener, RetryPolicy, RouteMatch
@@ -87,10 +86,12 @@ async def test_tcp_passthrough() -> None:
 
 async def test_http_proxy_absolute_form_and_connect() -> None:
     reviews = Upstream("reviews")
-    cache, port = SnapshotCache(), free_port()
+    cache, port, inbound = SnapshotCache(), free_port(), free_port()
     async with running(reviews):
         publish(cache, http_listener("http_proxy", port, "outbound", mode="http_proxy"),
                 table("outbound", ("reviews:9080", ("reviews", "reviews:9080"), (route("default", "c"),))),
+                http_listener("inbound|9080", inbound, "inbound|9080"),
+                table("inbound|9080", ("inbound|9080", ("*",), (route("default", "c"),))),
                 *clusters({"c": [reviews.addr]}))
         async with xds_server(cache) as server, envoy_proxy(server.address):
             resp = await get(port, "http://reviews:9080/reviews/0?x=1", host="reviews:9080")
@@ -112,6 +113,13 @@ async def test_http_proxy_absolute_form_and_connect() -> None:
             resp = await asyncio.wait_for(read_response(reader), 5)
             assert (resp.status, resp.headers["x-knotwork-response-flags"]) == (502, "NR")
             assert resp.text == "no route to host nowhere:80 (listener http_proxy, route table outbound)\n"
+            writer.close()
+
+            reader, writer = await asyncio.open_connection("127.0.0.1", inbound)
+            writer.write(b"CONNECT reviews:9080 HTTP/1.1\r\nhost: reviews:9080\r\n\r\n")
+            resp = await asyncio.wait_for(read_response(reader), 5)
+            assert (resp.status, resp.text) == (405, "CONNECT is served only by http_proxy listeners, not by listener inbound|9080\n")
+            assert "x-knotwork-response-flags" not in resp.headers
             writer.close()
 
 
@@ -315,6 +323,9 @@ async def test_admin_endpoint() -> None:
             assert (status, body) == (200, b"cluster_manager.active_clusters: 2\n")
             assert (await request(admin, "GET", "/nope"))[0] == 404
             assert (await request(admin, "GET", "/drain"))[0] == 405
+            assert await request(admin, "POST", "/drain") == (202, b"draining\n")
+            await wait_for(lambda: proxy.agent.draining, 2, "the drain to start")
+            assert json.loads((await request(admin, "GET", "/status"))[1])["draining"] is True
 
 
 async def test_stop_drains_in_flight_requests() -> None:

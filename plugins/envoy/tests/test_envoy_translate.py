@@ -43,8 +43,8 @@ def one_table(*routes: Route, domains: tuple[str, ...] = ("*",)) -> RouteTable:
     return RouteTable(name="rt", virtual_hosts=(VirtualHost(name="vh", domains=domains, routes=routes),))
 
 
-def envoy_routes(table: RouteTable) -> list[dict]:
-    return translate("routes", table)["virtual_hosts"][0]["routes"]
+def envoy_routes(table: RouteTable, tunnels: bool = True) -> list[dict]:
+    return translate("routes", table, tunnels=tunnels)["virtual_hosts"][0]["routes"]
 
 
 # ── helpers ──────────────────────────────────────────────────────────────────
@@ -84,7 +84,13 @@ def test_inbound_http_listener() -> None:
 def test_local_replies_carry_the_native_flags_and_bodies() -> None:
     lis = Listener(name="in", address="127.0.0.1", port=1, mode="inbound", route_table="rt")
     hcm = translate("listeners", lis)["filter_chains"][0]["filters"][0]["typed_config"]
-    mappers = hcm["local_reply_config"]["mappers"]
+    connect, *mappers = hcm["local_reply_config"]["mappers"]
+    assert connect == {
+        "filter": {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "CONNECT"}}}},
+        "status_code": 405,
+        "body_format_override": {"text_format_source": {
+            "inline_string": "CONNECT is served only by http_proxy listeners, not by listener in\n"}},
+    }
     summary = [(m["filter"], m["headers_to_add"][0]["header"]["value"], m.get("status_code")) for m in mappers]
     flag = lambda *codes: {"response_flag_filter": {"flags": list(codes)}}  # noqa: E731
     assert summary == [
@@ -157,7 +163,7 @@ def test_default_route_with_connect_tunnel_and_domain_without_port() -> None:
     table = RouteTable(name="outbound", virtual_hosts=(
         VirtualHost(name="reviews:9080", domains=("reviews", "reviews:9080"), routes=(Route(name="default", action=forward()),)),
     ))
-    assert translate("routes", table) == {
+    assert translate("routes", table, tunnels=True) == {
         "name": "outbound",
         "validate_clusters": False,
         "max_direct_response_body_size_bytes": 1 << 20,
@@ -167,7 +173,9 @@ def test_default_route_with_connect_tunnel_and_domain_without_port() -> None:
             {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": "c", "timeout": "0s", "retry_policy": DEFAULT_RETRY}},
         ]}],
     }
-    to_message("routes", translate("routes", table))
+    to_message("routes", translate("routes", table, tunnels=True))
+    # behind any other listener a CONNECT route would open a tunnel all the same: none there
+    assert [r["name"] for r in translate("routes", table)["virtual_hosts"][0]["routes"]] == ["default"]
 
 
 def test_domain_without_port_is_not_doubled_when_claimed() -> None:

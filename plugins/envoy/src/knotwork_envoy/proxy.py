@@ -7,7 +7,8 @@ same admin endpoint as a native proxy on ``127.0.0.1:<admin-port>``:
 - ``GET /status`` → JSON: ``ready``, ``clusters``, ``min_clusters_since_ready``,
   ``node``, ``control_connected``, listeners, in-flight requests, Envoy's pid…;
 - ``GET /config_dump``, ``/stats``, ``/clusters``, ``/listeners`` → Envoy's
-  own admin answers (query strings passed on);
+  own admin answers (query strings passed on; a bare ``/config_dump``
+  includes the endpoints, as a native proxy's does);
 - ``POST /drain`` → starts draining (answers 202).
 
 On stop it drains (inbound and gateway listeners, in-flight requests up to
@@ -17,6 +18,7 @@ the drain timeout), then stops Envoy.
 from __future__ import annotations
 
 import anyio
+import anyio.abc
 import structlog
 from anyio.abc import TaskStatus
 from knotwork.records import ProxyContext
@@ -39,7 +41,8 @@ class EnvoyProxy:
         settings = ctx.settings if isinstance(ctx.settings, EnvoySettings) else EnvoySettings()
         self.agent = EnvoyAgent(ctx, settings)
         self.admin = AdminHttpServer(ctx.admin_port, self.handle)
-        self._drain: anyio.Event | None = None
+        self._draining = False
+        self._tg: anyio.abc.TaskGroup | None = None
 
     def status(self) -> dict:
         return {"node": self.ctx.node_id, "node_id": self.ctx.node_id, "engine": "envoy",
@@ -50,8 +53,8 @@ class EnvoyProxy:
         if path == "/drain":
             if method != "POST":
                 return text_reply(405, "use POST\n")
-            if self._drain is None:
-                self._drain = anyio.Event()
+            if not self._draining and self._tg is not None:
+                self._draining = True
                 self._tg.start_soon(self.agent.drain, self.ctx.drain_timeout)
             return text_reply(202, "draining\n")
         if method not in ("GET", "HEAD"):
@@ -63,6 +66,8 @@ class EnvoyProxy:
                 await self.agent.sample()
             return json_reply(200, self.status())
         if path in PASSED_ON:
+            if target == "/config_dump":
+                target += "?include_eds"  # endpoints too, as a native proxy's dump has them
             try:
                 status, body = await self.agent.admin("GET", target, timeout=5.0)
             except (OSError, TimeoutError) as exc:

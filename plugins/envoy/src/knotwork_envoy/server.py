@@ -36,17 +36,13 @@ from knotwork.proxyconfig import (
 )
 from knotwork.records import ComponentContext
 
+from .httpio import parse_address
 from .settings import EnvoySettings
 from .translate import TYPE_KEYS, TYPE_URLS, TranslateOptions, TranslationError, pack
 
 __all__ = ["EnvoyServer", "parse_address"]
 
 log = structlog.get_logger("knotwork.envoy.server").bind(plugin="envoy")
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def request_from_xds(req: XdsRequest, type_key: str) -> DiscoveryRequest:
@@ -130,9 +126,9 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
                 await server.wait_closed()
 
     # ── encoding ─────────────────────────────────────────────────────────
-    def _encode(self, type_key: str, name: str, resource: Any) -> Any:
+    def _encode(self, type_key: str, name: str, resource: Any, tunnels: bool = False) -> Any:
         try:
-            packed = pack(type_key, resource, self.options)
+            packed = pack(type_key, resource, self.options, tunnels=tunnels)
         except TranslationError as exc:
             self.errors[(type_key, name)] = str(exc)
             log.error("resource cannot be translated to Envoy config; not sent", type=type_key, name=name, error=str(exc))
@@ -150,10 +146,14 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
     def response(self, push: Push, snap: ProxySnapshot) -> DiscoveryResponse:
         """The DiscoveryResponse of one planned push: the type's whole subscribed set."""
         versions = snap.versions[push.type]
+        tunnels: set[str] = set()
+        if push.type == "routes":  # tables behind the app's HTTP proxy also route CONNECT
+            tunnels = {lis.route_table for lis in snap.resources["listeners"].values() if lis.mode == "http_proxy"}
         resources = []
         for name in sorted(push.resources):
-            packed = self.encoded.get((push.type, name, versions[name]),
-                                      lambda n=name: self._encode(push.type, n, push.resources[n]))
+            tunnel = name in tunnels
+            packed = self.encoded.get((push.type, name, versions[name] + ("+connect" if tunnel else "")),
+                                      lambda n=name, t=tunnel: self._encode(push.type, n, push.resources[n], t))
             if packed is not None:
                 resources.append(packed)
         self.responses += 1

@@ -68,12 +68,16 @@ class TranslateOptions:
     server_name: str = "knotwork"
 
 
-def translate(type_key: str, resource: Any, options: TranslateOptions = TranslateOptions()) -> dict[str, Any]:
-    """The Envoy form (proto-JSON) of one compiled resource of type `type_key`."""
+def translate(type_key: str, resource: Any, options: TranslateOptions = TranslateOptions(), *,
+              tunnels: bool = False) -> dict[str, Any]:
+    """The Envoy form (proto-JSON) of one compiled resource of type `type_key`.
+
+    `tunnels` (route tables only): the table serves an ``http_proxy`` listener.
+    """
     if type_key == "listeners":
         return listener(resource, options.server_name)
     if type_key == "routes":
-        return route_configuration(resource)
+        return route_configuration(resource, tunnels)
     if type_key == "clusters":
         return cluster(resource)
     if type_key == "endpoints":
@@ -92,12 +96,13 @@ def to_message(type_key: str, config: dict[str, Any]) -> Any:
         raise TranslationError(f"{type_key} {name!r}: not valid Envoy config: {exc}") from exc
 
 
-def pack(type_key: str, resource: Any, options: TranslateOptions = TranslateOptions()) -> AnyMessage:
+def pack(type_key: str, resource: Any, options: TranslateOptions = TranslateOptions(), *,
+         tunnels: bool = False) -> AnyMessage:
     """Translate, validate and pack one resource for a DiscoveryResponse.
 
     Endpoints take a direct encoder (:mod:`.fastwire`): they change most often.
     """
-    config = translate(type_key, resource, options)
+    config = translate(type_key, resource, options, tunnels=tunnels)
     if type_key == "endpoints":
         try:
             return AnyMessage(type_url=TYPE_URLS[type_key], value=encode_cluster_load_assignment(config))

@@ -58,4 +58,12 @@ def local_reply_config(listener: Listener) -> dict[str, Any]:
     ]
     single = [_mapper(_flags(code), code, BODIES[code]) for code in ("UH", "UF", "UT", "UC")]
     other = _mapper({"response_flag_filter": {}}, "%RESPONSE_FLAGS%", _OTHER)
-    return {"mappers": [*retried, no_route, *single, other]}
+    mappers = [*retried, no_route, *single, other]
+    if listener.mode != "http_proxy":  # CONNECT finds no route here: say why, as the native engine does
+        mappers.insert(0, {
+            "filter": {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "CONNECT"}}}},
+            "status_code": 405,
+            "body_format_override": {"text_format_source": {"inline_string": escape_format(
+                f"CONNECT is served only by http_proxy listeners, not by listener {listener.name}") + "\n"}},
+        })
+    return {"mappers": mappers}

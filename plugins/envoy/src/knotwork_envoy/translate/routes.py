@@ -11,10 +11,11 @@ Follows the semantics of the ``host`` router the native engine runs:
   retries (unset: the native default, 2 retries on ``connect-failure`` and
   ``refused-stream``, on another endpoint when there is one), rewrites,
   direct responses, redirects and request headers;
-- each virtual host whose routes include a catch-all forward also gets a
+- in a table behind an ``http_proxy`` listener (`tunnels`), each virtual
+  host whose routes include a catch-all forward also gets a
   ``connect_matcher`` route first, terminating ``CONNECT host:port`` into a
-  TCP tunnel to the same clusters (only listeners that accept ``CONNECT``,
-  the ``http_proxy`` ones, ever reach it).
+  TCP tunnel to the same clusters. (A route that enables CONNECT does so
+  whatever the listener says, so other tables must not have one.)
 
 Routes with ``source_labels`` are left out: the native engine matches them
 against the local workload's labels, which sidecars do not know yet, so
@@ -45,8 +46,11 @@ REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307:
 MAX_DIRECT_BODY = 1 << 20
 
 
-def route_configuration(table: RouteTable) -> dict[str, Any]:
-    """The RDS resource of `table` (proto-JSON); raises TranslationError."""
+def route_configuration(table: RouteTable, tunnels: bool = False) -> dict[str, Any]:
+    """The RDS resource of `table` (proto-JSON); raises TranslationError.
+
+    `tunnels`: the table serves an ``http_proxy`` listener, so ``CONNECT`` is routed.
+    """
     where = f"route table {table.name!r}"
     if table.router != "host":
         raise TranslationError(f"{where}: router {table.router!r}: only the 'host' router is compiled to Envoy")
@@ -63,7 +67,7 @@ def route_configuration(table: RouteTable) -> dict[str, Any]:
                 claimed.add(any_port)
                 domains.append(any_port)
         routes = [route(r, f"{vwhere} route {r.name!r}") for r in vh.routes if not r.match.source_labels]
-        connect = connect_route(vh)
+        connect = connect_route(vh) if tunnels else None
         vhosts.append({"name": vh.name, "domains": domains, "routes": ([connect] if connect else []) + routes})
     return {
         "name": table.name,
