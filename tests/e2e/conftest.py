@@ -7,7 +7,7 @@ import pytest
 from .harness import REPO, RunningMesh
 
 #: Every scenario runs on each proxy engine.
-ENGINES = ["native"]
+ENGINES = ["native", "envoy"]
 
 
 @pytest.fixture(scope="module", params=ENGINES)
