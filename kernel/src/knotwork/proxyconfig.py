@@ -31,6 +31,7 @@ import cattrs
 
 __all__ = [
     "TYPE_ORDER",
+    "check_consistency",
     "Cluster",
     "ConsistencyError",
     "DirectResponse",
@@ -296,6 +297,27 @@ class SlotError(ValueError):
     """A compiler wrote a slot it did not declare."""
 
 
+def check_consistency(resources: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise ConsistencyError unless every reference in `resources[type][name]` resolves.
+
+    Every route's cluster exists; every cluster has an endpoint set; every
+    listener's route table or cluster exists. Proxies run it on what they
+    received, the control plane before publishing.
+    """
+    clusters, endpoints = resources.get("clusters", {}), resources.get("endpoints", {})
+    routes = resources.get("routes", {})
+    problems = [f"route table {table.name!r} references missing cluster {name!r}"
+                for table in routes.values() for name in table.referenced_clusters() if name not in clusters]
+    problems += [f"cluster {name!r} has no endpoint set" for name in clusters if name not in endpoints]
+    for listener in resources.get("listeners", {}).values():
+        if listener.route_table and listener.route_table not in routes:
+            problems.append(f"listener {listener.name!r} references missing route table {listener.route_table!r}")
+        if listener.cluster and listener.cluster not in clusters:
+            problems.append(f"listener {listener.name!r} references missing cluster {listener.cluster!r}")
+    if problems:
+        raise ConsistencyError("; ".join(sorted(set(problems))))
+
+
 @attrs.frozen
 class ProxySnapshot:
     """A consistent, versioned set of named resources for one proxy.
@@ -325,28 +347,8 @@ class ProxySnapshot:
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
     def check(self) -> None:
-        """Raise ConsistencyError unless every reference resolves.
-
-        Every route's cluster exists; every cluster has an endpoint set;
-        every listener's route table or cluster exists.
-        """
-        problems = []
-        clusters, endpoints = self.resources["clusters"], self.resources["endpoints"]
-        routes = self.resources["routes"]
-        for table in routes.values():
-            for name in table.referenced_clusters():
-                if name not in clusters:
-                    problems.append(f"route table {table.name!r} references missing cluster {name!r}")
-        for name in clusters:
-            if name not in endpoints:
-                problems.append(f"cluster {name!r} has no endpoint set")
-        for listener in self.resources["listeners"].values():
-            if listener.route_table and listener.route_table not in routes:
-                problems.append(f"listener {listener.name!r} references missing route table {listener.route_table!r}")
-            if listener.cluster and listener.cluster not in clusters:
-                problems.append(f"listener {listener.name!r} references missing cluster {listener.cluster!r}")
-        if problems:
-            raise ConsistencyError("; ".join(sorted(set(problems))))
+        """Raise ConsistencyError unless every reference resolves (see :func:`check_consistency`)."""
+        check_consistency(self.resources)
 
     def count(self, type_key: str) -> int:
         return len(self.resources[type_key])

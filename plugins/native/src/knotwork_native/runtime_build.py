@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from knotwork.proxyconfig import ConsistencyError, EndpointSet, Listener, RouteTable
+from knotwork.proxyconfig import EndpointSet, Listener, RouteTable, check_consistency
 from knotwork.records import ProxyContext, Strategy
 
 from .runtime import ClusterRuntime, ListenerRuntime, RoutePlan, Runtime
 
-__all__ = ["LISTENER_MODES", "LISTENER_PROTOCOLS", "build_runtime", "check_consistency"]
+__all__ = ["LISTENER_MODES", "LISTENER_PROTOCOLS", "build_runtime"]
 
 LISTENER_MODES = frozenset({"inbound", "outbound", "http_proxy", "gateway"})
 LISTENER_PROTOCOLS = frozenset({"http", "tcp"})
@@ -43,25 +43,6 @@ def _check_extensions(resource: Any, where: str, known: frozenset[str]) -> None:
     for ext in resource.extensions:
         if ext.name not in known or "native" not in ext.engines:
             raise ValueError(f"{where}: extension {ext.name!r} (plugin {ext.plugin!r}) is not supported by the native engine")
-
-
-def check_consistency(resources: Mapping[str, Mapping[str, Any]]) -> None:
-    """Raise ConsistencyError unless every reference resolves (as ProxySnapshot.check)."""
-    clusters, endpoints = resources.get("clusters", {}), resources.get("endpoints", {})
-    routes = resources.get("routes", {})
-    problems = []
-    for table in routes.values():
-        problems += [
-            f"route table {table.name!r} references missing cluster {n!r}" for n in table.referenced_clusters() if n not in clusters
-        ]
-    problems += [f"cluster {n!r} has no endpoint set" for n in clusters if n not in endpoints]
-    for lis in resources.get("listeners", {}).values():
-        if lis.route_table and lis.route_table not in routes:
-            problems.append(f"listener {lis.name!r} references missing route table {lis.route_table!r}")
-        if lis.cluster and lis.cluster not in clusters:
-            problems.append(f"listener {lis.name!r} references missing cluster {lis.cluster!r}")
-    if problems:
-        raise ConsistencyError("; ".join(sorted(set(problems))))
 
 
 def _wants_tls(tls: Mapping[str, Any] | None) -> bool:
