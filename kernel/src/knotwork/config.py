@@ -61,7 +61,7 @@ class Selection:
     certificate_authority: str | None = attrs.field(default=None, metadata={"help": "certificate authority"})
     router: str = attrs.field(default="host", metadata={"help": "router matching requests to routes"})
     load_balancer: str = attrs.field(default="round_robin", metadata={"help": "default load balancer"})
-    config_sources: tuple[str, ...] = attrs.field(default=(), metadata={"help": "extra config sources"})
+    config_sources: tuple[str, ...] = attrs.field(default=("files",), metadata={"help": "config sources of Istio resources"})
     authenticators: tuple[str, ...] = attrs.field(default=(), metadata={"help": "authenticators, in order"})
     authorizers: tuple[str, ...] = attrs.field(default=(), metadata={"help": "authorizers (deny wins)"})
     telemetry: tuple[str, ...] = attrs.field(default=(), metadata={"help": "telemetry sinks"})
@@ -363,6 +363,8 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
     if selection is None:
         report.raise_if_any()
     registry = hooks.registry()
+    plugins_given = data.get("plugins") if isinstance(data.get("plugins"), dict) else {}
+    defaulted = set() if "config_sources" in plugins_given else set(selection.config_sources)
     sections: dict[str, Any] = {}
     records: dict[str, Any] = {}
     for role, (kind, human) in ROLES.items():
@@ -370,6 +372,8 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
         for i, name in enumerate(value if isinstance(value, tuple) else (value,) if value else ()):
             where = ("plugins", role, i) if isinstance(value, tuple) else ("plugins", role)
             record = registry[kind].get(name)
+            if record is None and role == "config_sources" and name in defaulted:
+                continue  # a default config source not installed: the control plane skips it
             if record is None:
                 installed = ", ".join(sorted(registry[kind])) or "none"
                 report.add(where, f"expected an installed {human} ({installed}), got {name!r}")

@@ -92,6 +92,8 @@ class ControlPlane:
             tg.start_soon(self._merge, receive)
             for role, kind in (("platform", "platforms"), ("config_sources", "config_sources")):
                 for name in self.mesh.selected(role):
+                    if name not in reg[kind]:  # a default config source that is not installed
+                        continue
                     self.expected.add(name)
                     component = reg[kind][name].factory(self.context(name))
                     await tg.start(component.run, send.clone())
