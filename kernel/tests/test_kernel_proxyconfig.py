@@ -166,3 +166,24 @@ def test_direct_response_route_round_trip():
     table = RouteTable("r", (VirtualHost("v", ("*",), (Route("teapot", direct=DirectResponse(418, "tea")),)),))
     assert wire.structure(json.loads(json.dumps(wire.unstructure(table))), RouteTable) == table
     assert list(table.referenced_clusters()) == []
+
+
+def test_route_with_fault_mirror_headers_and_cors_round_trips_and_mirror_clusters_are_checked():
+    from knotwork.proxyconfig import CorsPolicy, FaultPolicy, MirrorPolicy, RouteAction, StringMatch, WeightedCluster
+
+    route = Route(
+        "r", action=RouteAction((WeightedCluster("a"),)),
+        request_headers_set={"x-set": "1"}, request_headers_add={"x-add": "2"}, request_headers_remove=("x-rm",),
+        response_headers_set={"x-rs": "3"}, response_headers_add={"x-ra": "4"}, response_headers_remove=("server",),
+        fault=FaultPolicy(delay=0.5, delay_percent=50.0, abort_status=503, abort_percent=10.0),
+        mirror=(MirrorPolicy("shadow", 25.0),),
+        cors=CorsPolicy(allow_origins=(StringMatch(exact="https://a"), StringMatch(regex=".*b")),
+                        allow_methods=("GET",), allow_headers=("x-h",), expose_headers=("x-e",), max_age=60,
+                        allow_credentials=True),
+    )
+    table = RouteTable("r", (VirtualHost("v", ("*",), (route,)),))
+    assert wire.structure(json.loads(json.dumps(wire.unstructure(table))), RouteTable) == table
+    assert list(table.referenced_clusters()) == ["a", "shadow"]
+    with pytest.raises(ConsistencyError, match="missing cluster 'shadow'"):
+        ProxySnapshot.build([table, Cluster("a"), EndpointSet("a")]).check()
+    ProxySnapshot.build([table, Cluster("a"), EndpointSet("a"), Cluster("shadow"), EndpointSet("shadow")]).check()

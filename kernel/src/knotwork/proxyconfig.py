@@ -34,12 +34,15 @@ __all__ = [
     "check_consistency",
     "Cluster",
     "ConsistencyError",
+    "CorsPolicy",
     "DirectResponse",
     "EndpointSet",
     "Extension",
+    "FaultPolicy",
     "HeaderMatch",
     "LbEndpoint",
     "Listener",
+    "MirrorPolicy",
     "ProxySnapshot",
     "Redirect",
     "RetryPolicy",
@@ -50,6 +53,7 @@ __all__ = [
     "Secret",
     "SlotError",
     "SnapshotBuilder",
+    "StringMatch",
     "VirtualHost",
     "WeightedCluster",
     "wire",
@@ -145,8 +149,77 @@ class Redirect:
 
 
 @attrs.frozen
+class FaultPolicy:
+    """Fault injection on a route: Envoy ``extensions.filters.http.fault.v3.HTTPFault``,
+    given per route in ``typed_per_filter_config["envoy.filters.http.fault"]``.
+
+    `delay` (seconds, Envoy ``delay.fixed_delay``) is injected into `delay_percent`
+    percent of requests (``delay.percentage``); `abort_status` (Envoy
+    ``abort.http_status``) answers `abort_percent` percent of requests
+    (``abort.percentage``) directly, response flag ``FI`` (a delay is flagged
+    ``DI``). Each percentage is sampled per request; the delay comes first.
+    """
+
+    delay: float | None = None
+    delay_percent: float = 100.0
+    abort_status: int | None = None
+    abort_percent: float = 100.0
+
+
+@attrs.frozen
+class MirrorPolicy:
+    """A copy of the route's requests to another cluster, fire-and-forget:
+    Envoy ``RouteAction.RequestMirrorPolicy`` (``cluster``, ``runtime_fraction``
+    = `percent` of requests). The copy's authority gets a ``-shadow`` suffix."""
+
+    cluster: str
+    percent: float = 100.0
+
+
+@attrs.frozen
+class StringMatch:
+    """Envoy ``type.matcher.v3.StringMatcher``: exactly one of exact/prefix/regex (RE2)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+
+@attrs.frozen
+class CorsPolicy:
+    """Envoy ``extensions.filters.http.cors.v3.CorsPolicy`` (the cors filter's per-route
+    config in ``typed_per_filter_config["envoy.filters.http.cors"]``).
+
+    `allow_origins` ↔ ``allow_origin_string_match``; `allow_methods`,
+    `allow_headers`, `expose_headers` ↔ the comma-joined ``allow_methods``,
+    ``allow_headers``, ``expose_headers``; `max_age` (seconds) ↔ ``max_age``;
+    `allow_credentials` ↔ ``allow_credentials``. A preflight (``OPTIONS`` with
+    ``Origin`` and ``Access-Control-Request-Method``) from a matching origin is
+    answered by the proxy; other responses to a matching origin get
+    ``access-control-allow-origin`` (and credentials, expose headers).
+    """
+
+    allow_origins: tuple[StringMatch, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int | None = None
+    allow_credentials: bool | None = None
+
+
+@attrs.frozen
 class Route:
-    """Envoy ``Route``: a match and exactly one of action/direct/redirect."""
+    """Envoy ``Route``: a match and exactly one of action/direct/redirect.
+
+    Header operations (names lower-case) are Envoy's route-level
+    ``request_headers_to_add`` / ``request_headers_to_remove`` /
+    ``response_headers_to_add`` / ``response_headers_to_remove``: ``*_set``
+    replace (``OVERWRITE_IF_EXISTS_OR_ADD``), ``*_add`` append
+    (``APPEND_IF_EXISTS_OR_ADD``), ``*_remove`` removes first. `fault`,
+    `mirror` and `cors`: see :class:`FaultPolicy`, :class:`MirrorPolicy`
+    (``RouteAction.request_mirror_policies``, action routes only) and
+    :class:`CorsPolicy`.
+    """
 
     name: str
     match: RouteMatch = attrs.field(factory=RouteMatch)
@@ -155,6 +228,14 @@ class Route:
     redirect: Redirect | None = None
     request_headers_set: Mapping[str, str] = attrs.field(factory=dict)
     extensions: tuple[Extension, ...] = ()
+    request_headers_add: Mapping[str, str] = attrs.field(factory=dict)
+    request_headers_remove: tuple[str, ...] = ()
+    response_headers_set: Mapping[str, str] = attrs.field(factory=dict)
+    response_headers_add: Mapping[str, str] = attrs.field(factory=dict)
+    response_headers_remove: tuple[str, ...] = ()
+    fault: FaultPolicy | None = None
+    mirror: tuple[MirrorPolicy, ...] = ()
+    cors: CorsPolicy | None = None
 
 
 @attrs.frozen
@@ -180,6 +261,7 @@ class RouteTable:
             for route in vh.routes:
                 if route.action:
                     yield from (w.cluster for w in route.action.clusters)
+                yield from (m.cluster for m in route.mirror)
 
 
 # ── listeners (LDS) ─────────────────────────────────────────────────────────

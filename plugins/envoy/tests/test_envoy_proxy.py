@@ -391,3 +391,41 @@ async def test_knotwork_proxy_command_runs_envoy_that_dies_with_it() -> None:
                         return f.read().split(") ", 1)[1].startswith("Z")
 
                 await wait_for(gone, 3, f"envoy to die with its agent ({stop.name})")
+
+
+async def test_fault_headers_mirror_and_cors_behave_as_on_the_native_engine() -> None:
+    import attrs
+    from knotwork.proxyconfig import CorsPolicy, FaultPolicy, MirrorPolicy, StringMatch
+
+    app, shadow = Upstream("app"), Upstream("shadow")
+    cache, port = SnapshotCache(), free_port()
+    async with running(app, shadow):
+        abort = attrs.evolve(route("abort", "app", match=RouteMatch(prefix="/abort")), fault=FaultPolicy(abort_status=503))
+        delay = attrs.evolve(route("delay", "app", match=RouteMatch(prefix="/delay")), fault=FaultPolicy(delay=0.3),
+                             request_headers_set={"x-set": "new"}, request_headers_remove=("x-secret",),
+                             response_headers_set={"x-resp": "yes"}, response_headers_remove=("x-drop",))
+        rest = attrs.evolve(route("rest", "app"), mirror=(MirrorPolicy("shadow"),),
+                            cors=CorsPolicy(allow_origins=(StringMatch(exact="https://a.example"),), allow_methods=("GET", "POST"),
+                                            max_age=60, expose_headers=("x-e",)))
+        publish(cache, http_listener("in", port, "rt"), table("rt", ("svc", ("svc",), (abort, delay, rest))),
+                *clusters({"app": [app.addr], "shadow": [shadow.addr]}))
+        async with xds_server(cache) as server, envoy_proxy(server.address):
+            resp = await get(port, "/abort", host="svc")
+            assert (resp.status, resp.headers.get("x-knotwork-response-flags"), resp.text) == (503, "FI", "fault filter abort\n")
+            assert app.requests == []
+            t0 = time.monotonic()
+            resp = await get(port, "/delay", host="svc", headers={"x-set": "old", "x-secret": "s"})
+            assert resp.status == 200 and time.monotonic() - t0 >= 0.29
+            assert resp.headers["x-resp"] == "yes" and "x-knotwork-response-flags" not in resp.headers
+            (_, _, seen), = app.requests
+            assert seen["x-set"] == "new" and "x-secret" not in seen
+            resp = await get(port, "/m", host="svc:80", headers={"origin": "https://a.example"})
+            assert resp.status == 200 and resp.headers["access-control-allow-origin"] == "https://a.example"
+            assert resp.headers["access-control-expose-headers"] == "x-e"
+            await wait_for(lambda: shadow.requests, 5, "the mirrored request")
+            assert shadow.requests[0][2]["host"] == "svc-shadow:80"
+            resp = await get(port, "/m", host="svc", method="OPTIONS",
+                             headers={"origin": "https://a.example", "access-control-request-method": "POST"})
+            assert resp.status == 200 and resp.headers["access-control-allow-methods"] == "GET,POST"
+            assert resp.headers["access-control-max-age"] == "60"
+            assert [r[1] for r in app.requests] == ["/delay", "/m"]  # the preflight was answered by Envoy

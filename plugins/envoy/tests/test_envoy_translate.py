@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import pytest
 from knotwork.proxyconfig import (
+    CorsPolicy,
+    FaultPolicy,
+    MirrorPolicy,
+    StringMatch,
     Cluster,
     DirectResponse,
     EndpointSet,
@@ -73,8 +77,13 @@ def test_inbound_http_listener() -> None:
     assert hcm["@type"] == HCM_URL
     assert hcm["stat_prefix"] == "inbound_9080"
     assert hcm["rds"] == {"route_config_name": "inbound|9080", "config_source": ADS}
-    assert hcm["http_filters"] == [{"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", "suppress_envoy_headers": True}}]
+    assert hcm["http_filters"] == [
+        {"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+        {"name": "envoy.filters.http.fault",
+         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
+        {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", "suppress_envoy_headers": True}},
+    ]
     assert hcm["upgrade_configs"] == [{"upgrade_type": "websocket"}]
     assert (hcm["server_name"], hcm["server_header_transformation"]) == ("knotwork", "APPEND_IF_ABSENT")
     assert hcm["use_remote_address"] is True
@@ -102,6 +111,7 @@ def test_local_replies_carry_the_native_flags_and_bodies() -> None:
         (flag("UF"), "UF", None),
         (flag("UT"), "UT", None),
         (flag("UC"), "UC", None),
+        (flag("FI"), "FI", None),
         ({"response_flag_filter": {}}, "%RESPONSE_FLAGS%", None),
     ]
     assert all(m["headers_to_add"][0]["header"]["key"] == "x-knotwork-response-flags" for m in mappers)
@@ -249,6 +259,49 @@ def test_action_weights_timeouts_retries_rewrites_and_headers() -> None:
     }
     assert connect["route"]["weighted_clusters"] == out["route"]["weighted_clusters"]
     to_message("routes", translate("routes", one_table(route)))
+
+
+def test_fault_mirror_header_operations_and_cors() -> None:
+    route = Route(
+        name="r", action=forward(),
+        request_headers_set={"x-s": "1"}, request_headers_add={"x-a": "2"}, request_headers_remove=("X-Gone",),
+        response_headers_set={"x-rs": "3"}, response_headers_add={"x-ra": "4%"}, response_headers_remove=("server",),
+        fault=FaultPolicy(delay=0.25, delay_percent=12.5, abort_status=503, abort_percent=0.1),
+        mirror=(MirrorPolicy("shadow", 50.0),),
+        cors=CorsPolicy(allow_origins=(StringMatch(exact="https://a"), StringMatch(prefix="https://p"), StringMatch(regex=".*x")),
+                        allow_methods=("GET", "POST"), allow_headers=("x-h",), expose_headers=("x-e", "x-f"), max_age=60,
+                        allow_credentials=True),
+    )
+    (_, out) = envoy_routes(one_table(route))
+    assert out["route"]["request_mirror_policies"] == [
+        {"cluster": "shadow", "runtime_fraction": {"default_value": {"numerator": 500000, "denominator": "MILLION"}}}]
+    assert out["request_headers_to_add"] == [
+        {"header": {"key": "x-s", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+        {"header": {"key": "x-a", "value": "2"}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}]
+    assert out["request_headers_to_remove"] == ["x-gone"]
+    assert out["response_headers_to_add"] == [
+        {"header": {"key": "x-rs", "value": "3"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+        {"header": {"key": "x-ra", "value": "4%%"}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}]
+    assert out["response_headers_to_remove"] == ["server"]
+    assert out["typed_per_filter_config"] == {
+        "envoy.filters.http.fault": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "delay": {"fixed_delay": "0.25s", "percentage": {"numerator": 125000, "denominator": "MILLION"}},
+            "abort": {"http_status": 503, "percentage": {"numerator": 1000, "denominator": "MILLION"}},
+        },
+        "envoy.filters.http.cors": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+            "allow_origin_string_match": [{"exact": "https://a"}, {"prefix": "https://p"}, {"safe_regex": {"regex": ".*x"}}],
+            "allow_methods": "GET,POST", "allow_headers": "x-h", "expose_headers": "x-e,x-f", "max_age": "60",
+            "allow_credentials": True,
+        },
+    }
+    pack("routes", one_table(route))  # Envoy's API takes it
+    plain = envoy_routes(one_table(Route(name="r", action=forward())))[1]
+    assert not {"typed_per_filter_config", "request_headers_to_remove", "response_headers_to_add"} & set(plain)
+    assert "request_mirror_policies" not in plain["route"]
+    with pytest.raises(TranslationError, match="percentage 120"):
+        translate("routes", one_table(Route(name="r", action=forward(), mirror=(MirrorPolicy("s", 120),))))
 
 
 def test_no_retries_means_no_policy() -> None:

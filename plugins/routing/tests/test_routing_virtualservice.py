@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 
 import pytest
-from knotwork.proxyconfig import DirectResponse, HeaderMatch, Redirect, RetryPolicy, WeightedCluster
+from knotwork.proxyconfig import (
+    CorsPolicy, DirectResponse, FaultPolicy, HeaderMatch, MirrorPolicy, Redirect, RetryPolicy, StringMatch, WeightedCluster,
+)
 from routing_helpers import (
     BOOKINFO_ENDPOINTS, BOOKINFO_GATEWAY, BOOKINFO_SERVICES, BOOKINFO_VS, REVIEWS_DR, REVIEWS_JASON_VS, Req,
     compile_snapshot, endpoint, fqdn, gateway_node, http_service, resource, router, sidecar, target,
@@ -388,9 +390,97 @@ def test_errors_name_resource_and_field(spec, field):
         compile_snapshot(sidecar("productpage"), BOOKINFO_SERVICES, [], [bad])
 
 
-def test_unsupported_actions_are_ignored_not_fatal():
-    route = only_route({"route": [to("reviews")], "fault": {"delay": {"fixedDelay": "5s"}}, "corsPolicy": {}})
+def test_unsupported_fields_are_ignored_not_fatal():
+    route = only_route({"route": [to("reviews")], "delegate": {"name": "x"},
+                        "fault": {"delay": {"exponentialDelay": "5s"}, "abort": {"grpcStatus": "UNAVAILABLE"}},
+                        "corsPolicy": {}})
     assert target(route) == f"outbound|9080||{REVIEWS}"
+    assert route.fault is None and route.cors is None
+
+
+def test_fault_delay_and_abort_with_percentages():
+    route = only_route({"route": [to("reviews")], "fault": {
+        "delay": {"fixedDelay": "1.5s", "percentage": {"value": 12.5}},
+        "abort": {"httpStatus": 503, "percentage": {"value": 0.1}},
+    }})
+    assert route.fault == FaultPolicy(delay=1.5, delay_percent=12.5, abort_status=503, abort_percent=0.1)
+    # percentage absent: every request; the legacy integer `percent` still read
+    assert only_route({"route": [to("reviews")], "fault": {"delay": {"fixedDelay": "5s"}}}).fault == FaultPolicy(delay=5.0)
+    assert only_route({"route": [to("reviews")], "fault": {"delay": {"fixedDelay": "5s", "percent": 30}}}).fault == \
+        FaultPolicy(delay=5.0, delay_percent=30.0)
+    assert only_route({"route": [to("reviews")], "fault": {"abort": {"httpStatus": 418}}}).fault == FaultPolicy(abort_status=418)
+
+
+def test_mirror_mirror_percentage_and_mirrors_create_clusters():
+    snap, _ = mesh_route([vs("r", [{
+        "route": [to("reviews", subset="v1")],
+        "mirror": {"host": "ratings", "port": {"number": 9080}}, "mirrorPercentage": {"value": 25.0},
+        "mirrors": [{"destination": {"host": "details"}}, {"destination": {"host": "reviews", "subset": "v2"},
+                                                            "percentage": {"value": 5}}],
+    }]), REVIEWS_DR])
+    vhost = next(v for v in snap.resources["routes"]["outbound"].virtual_hosts if v.name == f"{REVIEWS}:9080")
+    (route,) = vhost.routes
+    assert route.mirror == (
+        MirrorPolicy(f"outbound|9080||{fqdn('ratings')}", 25.0),
+        MirrorPolicy(f"outbound|9080||{fqdn('details')}", 100.0),
+        MirrorPolicy(f"outbound|9080|v2|{REVIEWS}", 5.0),
+    )
+    for m in route.mirror:
+        assert m.cluster in snap.resources["clusters"] and m.cluster in snap.resources["endpoints"]
+    legacy = only_route({"route": [to("reviews")], "mirror": {"host": "ratings"}, "mirrorPercent": 50})
+    assert legacy.mirror == (MirrorPolicy(f"outbound|9080||{fqdn('ratings')}", 50.0),)
+
+
+def test_request_and_response_headers_set_add_remove_and_single_destination_headers():
+    route = only_route({
+        "route": [to("reviews") | {"headers": {"request": {"set": {"X-Dest": "d"}}, "response": {"remove": ["x-b"]}}}],
+        "headers": {
+            "request": {"set": {"X-Set": "1"}, "add": {"X-Add": "2"}, "remove": ["X-Gone"]},
+            "response": {"set": {"X-Rs": "3"}, "add": {"X-Ra": "4"}, "remove": ["X-A"]},
+        },
+    })
+    assert route.request_headers_set == {"x-set": "1", "x-dest": "d"}
+    assert route.request_headers_add == {"x-add": "2"}
+    assert route.request_headers_remove == ("x-gone",)
+    assert route.response_headers_set == {"x-rs": "3"}
+    assert route.response_headers_add == {"x-ra": "4"}
+    assert route.response_headers_remove == ("x-a", "x-b")
+    several = only_route({"route": [to("reviews", subset="v1") | {"headers": {"request": {"set": {"a": "b"}}}},
+                                    to("reviews", subset="v2")]})
+    assert several.request_headers_set == {}
+    direct = only_route({"directResponse": {"status": 200}, "headers": {"response": {"set": {"x": "y"}}}})
+    assert direct.response_headers_set == {"x": "y"}
+
+
+def test_cors_policy():
+    route = only_route({"route": [to("reviews")], "corsPolicy": {
+        "allowOrigins": [{"exact": "https://a.example"}, {"prefix": "https://b."}, {"regex": ".*\\.c\\.example"}],
+        "allowMethods": ["GET", "POST"], "allowHeaders": ["x-h"], "exposeHeaders": ["x-e"],
+        "maxAge": "24h", "allowCredentials": True,
+    }})
+    assert route.cors == CorsPolicy(
+        allow_origins=(StringMatch(exact="https://a.example"), StringMatch(prefix="https://b."),
+                       StringMatch(regex=r".*\.c\.example")),
+        allow_methods=("GET", "POST"), allow_headers=("x-h",), expose_headers=("x-e",), max_age=86400,
+        allow_credentials=True,
+    )
+    assert only_route({"route": [to("reviews")], "corsPolicy": {"allowOrigin": ["https://old"]}}).cors == \
+        CorsPolicy(allow_origins=(StringMatch(exact="https://old"),))
+
+
+@pytest.mark.parametrize(("http", "field"), [
+    ({"fault": {"delay": {"fixedDelay": "5s", "percentage": {"value": 150}}}}, r"fault.delay.percentage.value"),
+    ({"fault": {"delay": {"percent": 5}}}, r"fault.delay.fixedDelay"),
+    ({"fault": {"abort": {"httpStatus": 99}}}, r"fault.abort.httpStatus"),
+    ({"mirror": {"port": {"number": 9080}}}, r"mirror.host"),
+    ({"mirror": {"host": "ratings"}, "mirrorPercentage": {"value": -1}}, r"mirrorPercentage.value"),
+    ({"corsPolicy": {"allowOrigins": [{"exact": "a", "prefix": "b"}]}}, r"corsPolicy.allowOrigins\[0\]"),
+    ({"corsPolicy": {"maxAge": "10"}}, r"corsPolicy.maxAge"),
+    ({"headers": {"request": {"remove": "x"}}}, r"headers.request.remove"),
+])
+def test_policy_errors_name_the_field(http, field):
+    with pytest.raises(ResourceError, match=rf"spec.http\[0\].{field}"):
+        only_route({"route": [to("reviews")], **http})
 
 
 def test_consistency_with_everything_at_once():

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import flags as F
 from .http1_forward import Forwarding
-from .runtime import REPLAY_LIMIT
+from .runtime import CORS_RESPONSE_NAMES, REPLAY_LIMIT
 from .upstream import HOP_BY_HOP, REBUILD, VERBATIM
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class Exchange(Forwarding):
         "buf", "buf_size", "chunked", "discard", "dp", "head", "host_b", "http11", "keep_alive",
         "live", "lr", "method_b", "parts", "path_b", "proto", "replay", "replay_size", "req_done", "sent_any", "xff", "xfp",
         # forwarding
-        "crt", "deadline", "endpoint", "fresh", "picked", "plan", "retries", "task", "timer", "tried", "up",
+        "crt", "deadline", "endpoint", "fresh", "mirror", "picked", "plan", "resp_extra", "retries", "task", "timer", "tried", "up",
         # response
         "close", "finished", "mode", "out", "started", "t0",
     )
@@ -93,7 +93,7 @@ class Exchange(Forwarding):
         self.req_done = self.discard = self.sent_any = self.live = self.fresh = self.started = self.finished = self.close = False
         self.principal: str | None = None
         self.up: UpstreamConnection | None = None
-        self.plan = self.crt = self.endpoint = self.picked = self.timer = self.deadline = self.task = None
+        self.plan = self.crt = self.endpoint = self.picked = self.timer = self.deadline = self.task = self.mirror = None
         self.cluster: str | None = None
         self.upstream: str | None = None
         self.tried: list[Any] | None = None
@@ -149,6 +149,8 @@ class Exchange(Forwarding):
             self.buf.append(_CHUNK_END)
             if self.up is not None and not self.proto.feeding:
                 self.flush_up()
+        if self.mirror is not None:
+            self.fire_mirrors()
 
     def flush_up(self) -> None:
         """Write the queued request bytes to the upstream connection."""
@@ -175,7 +177,8 @@ class Exchange(Forwarding):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        retry = self.plan.retry
+        plan = self.plan
+        retry = plan.retry
         if status in retry.statuses:
             if self.retries < retry.attempts and self.can_replay():
                 self.drop_attempt()
@@ -189,7 +192,8 @@ class Exchange(Forwarding):
         self.status = status
         self.started = True
         proto = self.proto
-        if conn.keep_alive and self.keep_alive and self.http11 and not conn.hop and self.method_b != b"HEAD" and not proto.slot.draining:
+        if (conn.keep_alive and self.keep_alive and self.http11 and not conn.hop and self.method_b != b"HEAD"
+                and not proto.slot.draining and not plan.rebuild):
             conn.mode = VERBATIM
         else:
             conn.mode = REBUILD
@@ -216,10 +220,20 @@ class Exchange(Forwarding):
             for i, n in enumerate(names):
                 if n == b"connection":
                     drop.update(t.strip() for t in parts[2 * i + 1].lower().split(b","))
+        plan = self.plan
+        extra = b""
+        if plan.rebuild:  # route response header operations and CORS
+            drop.update(plan.resp_drop)
+            extra = plan.resp_lines
+            if plan.cors is not None and self.resp_extra:
+                drop.update(CORS_RESPONSE_NAMES)
+                extra += self.resp_extra
         head = [F.status_line(status)]
         for i, n in enumerate(names):
             if n not in drop:
                 head += (parts[2 * i], b": ", parts[2 * i + 1], b"\r\n")
+        if extra:
+            head.append(extra)
         chunked = b"transfer-encoding" in names
         if self.method_b == b"HEAD" or status == 204 or status == 304:
             mode = _NOBODY
@@ -292,6 +306,11 @@ class Exchange(Forwarding):
         self.flags = flag or "-"
         self.started = True
         close = self.close = not self.keep_alive or self.proto.slot.draining
+        plan = self.plan
+        if plan is not None and plan.rebuild:  # as Envoy: the route's response headers and CORS on local replies too
+            headers += plan.resp_lines
+            if plan.cors is not None:
+                headers += self.resp_extra
         if exact is not None:
             data = F.local_reply(status, self.flags, "", close=close, headers=headers, head_only=self.method_b == b"HEAD", exact=exact)
         else:

@@ -8,8 +8,12 @@ await an async authenticator or authorizer.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 from typing import TYPE_CHECKING, Any
+
+import httptools
 
 from knotwork.protocols import Decision
 
@@ -20,6 +24,60 @@ __all__ = ["Forwarding"]
 
 _NOVALUE: Any = object()
 _SYNC_TYPES = (str, type(None), Decision)
+
+
+#: How long a mirrored request may take when its route sets no timeout.
+MIRROR_TIMEOUT = 15.0
+_MIRROR_TASKS: set[asyncio.Task[None]] = set()
+
+
+def shadow_head(head: bytes) -> bytes:
+    """A request head for a mirror: ``-shadow`` appended to the host (before a port), as Envoy does,
+    and ``connection: close``."""
+    start = head.index(b"\r\nhost: ") + 8
+    end = head.index(b"\r\n", start)
+    host = head[start:end]
+    name, colon, port = host.rpartition(b":")
+    if colon and port.isdigit():
+        shadow = name + b"-shadow:" + port
+    else:
+        shadow = host + b"-shadow"
+    return head[:start] + shadow + head[end:-2] + b"connection: close\r\n\r\n"
+
+
+class _ResponseEnd:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+async def send_mirror(ep: Any, data: list[bytes], timeout: float, stats: Any, release: Any) -> None:
+    """One mirrored request on its own connection; its response is read and dropped."""
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(ep.address, ep.port)
+            writer.writelines(data)
+            await writer.drain()
+            end = _ResponseEnd()
+            parser = httptools.HttpResponseParser(end)
+            while not end.done:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                parser.feed_data(chunk)
+        stats["mirror_rq_total" if end.done else "mirror_rq_failed"] += 1
+    except (OSError, TimeoutError, httptools.HttpParserError):
+        stats["mirror_rq_failed"] += 1
+    finally:
+        if writer is not None:
+            writer.close()
+        if release is not None:
+            release(ep)
 
 
 def _why(exc: BaseException) -> str:
@@ -74,6 +132,11 @@ class Forwarding:
         chunked: bool
         cluster: str | None
         upstream: str | None
+        mirror: list[Any] | None
+        resp_extra: bytes
+        req_done: bool
+        discard: bool
+        replay_size: int
 
         def reply(self, status: int, flag: str, body: str, headers: bytes = b"", exact: bytes | None = None) -> None: ...
         def finish(self) -> None: ...
@@ -171,6 +234,8 @@ class Forwarding:
             except (ValueError, KeyError) as exc:
                 return self.reply(500, "-", f"route {route.name} cannot be served: {exc}")
         self.plan = plan
+        if plan.policies:
+            return self._policies(plan)
         if plan.kind:
             return self._local_route(plan)
         crt = self.crt = plan.choose()
@@ -192,6 +257,85 @@ class Forwarding:
         scheme = "https" if self.proto.tls else "http"
         location = f"{scheme}://{redirect.host or self.authority}{redirect.path or self.path}"
         return self.reply(redirect.status, "-", "", headers=b"location: %s\r\n" % location.encode("latin-1"), exact=b"")
+
+    # ── route policies: CORS, fault injection, mirroring (routes that have them only) ──
+    def _policies(self, plan: RoutePlan) -> None:
+        """CORS (a preflight is answered here), then the fault (delay, abort), then forward and mirror."""
+        self.resp_extra = b""
+        cors = plan.cors
+        if cors is not None:
+            origin = self.header("origin")
+            if origin is not None and cors.allows(origin):
+                if self.method_b == b"OPTIONS" and self.header("access-control-request-method") is not None:
+                    return self.reply(200, "-", "", headers=cors.preflight(origin), exact=b"")
+                self.resp_extra = cors.actual(origin)
+        fault = plan.fault
+        if fault is not None:
+            delay, delay_percent = fault[0], fault[1]
+            if delay is not None and random.random() * 100 < delay_percent:
+                self.flags = F.DI
+                self.timer = self.dp.loop.call_later(delay, self._delayed)
+                return None
+            if self._abort(fault):
+                return None
+        return self._forward(plan)
+
+    def _delayed(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        plan = self.plan
+        if not self._abort(plan.fault):
+            self._forward(plan)
+
+    def _abort(self, fault: Any) -> bool:
+        status, percent = fault[2], fault[3]
+        if status is not None and random.random() * 100 < percent:
+            self.reply(status, F.FI, "fault filter abort")
+            return True
+        return False
+
+    def _forward(self, plan: RoutePlan) -> None:
+        if plan.kind:
+            return self._local_route(plan)
+        crt = self.crt = plan.choose()
+        self.cluster = crt.name
+        crt.rq_total += 1
+        self.head = self.build_head(plan)
+        if plan.mirrors:
+            chosen = [m for m, percent in plan.mirrors if random.random() * 100 < percent]
+            if chosen:
+                self.mirror = chosen
+                if self.req_done:
+                    self.fire_mirrors()
+        if plan.timeout is not None:
+            self.deadline = self.dp.loop.call_later(plan.timeout, self.on_deadline)
+        self.attempt()
+        return None
+
+    def fire_mirrors(self) -> None:
+        """Send the chosen mirrors a copy of the (complete, buffered) request; never waits for them."""
+        chosen, self.mirror = self.mirror, None
+        stats = self.dp.stats
+        if chosen is None or self.discard:
+            return
+        body = self.replay
+        if body is None:  # larger than REPLAY_LIMIT: not kept, so not mirrored
+            stats["mirror_rq_skipped"] += len(chosen)
+            return
+        head = shadow_head(self.head)
+        timeout = self.plan.timeout or MIRROR_TIMEOUT
+        for crt in chosen:
+            try:
+                ep = crt.pick(self)
+            except Exception:  # noqa: BLE001 - a mirror never affects the request
+                ep = None
+            if ep is None:
+                stats["mirror_rq_failed"] += 1
+                continue
+            task = self.dp.loop.create_task(send_mirror(ep, [head, *body], timeout, stats, crt.release))
+            _MIRROR_TASKS.add(task)
+            task.add_done_callback(_MIRROR_TASKS.discard)
 
     def build_head(self, plan: RoutePlan) -> bytes:
         """The request head sent upstream: rewritten, hop-by-hop headers gone, x-forwarded-* added."""

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import bisect
 import random
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from knotwork.proxyconfig import Cluster, LbEndpoint, Listener, Route
+from knotwork.proxyconfig import Cluster, CorsPolicy, LbEndpoint, Listener, Route
 
 __all__ = [
     "DEFAULT_RETRY",
     "REPLAY_LIMIT",
     "ClusterRuntime",
+    "CorsPlan",
     "ListenerRuntime",
     "RetryPlan",
     "RoutePlan",
@@ -105,12 +107,86 @@ class ClusterRuntime:
         return sum(1 for e in self.endpoints if e.healthy)
 
 
+def _lines(*mappings: Mapping[str, str]) -> bytes:
+    """Pre-encoded header lines (names lower-case)."""
+    return b"".join(
+        b"%s: %s\r\n" % (k.lower().encode("latin-1"), v.encode("latin-1")) for m in mappings for k, v in m.items()
+    )
+
+
+def _names(*groups: Iterable[str]) -> frozenset[bytes]:
+    return frozenset(k.lower().encode("latin-1") for g in groups for k in g)
+
+
+#: Response headers the CORS policy writes (an upstream's own values are replaced).
+CORS_RESPONSE_NAMES = frozenset({b"access-control-allow-origin", b"access-control-allow-credentials",
+                                 b"access-control-expose-headers"})
+
+
+class CorsPlan:
+    """A route's CORS policy, pre-digested: the origin test and the header lines to send.
+
+    As Envoy's cors filter: a preflight from an allowed origin gets
+    ``access-control-allow-origin`` (the origin), ``-allow-credentials``,
+    ``-allow-methods``, ``-allow-headers``, ``-max-age``; an actual response
+    gets ``access-control-allow-origin``, ``-allow-credentials`` and
+    ``-expose-headers``. Origins match exactly (case-sensitive), by prefix, or
+    by a regex matching the whole origin.
+    """
+
+    __slots__ = ("actual_lines", "exact", "preflight_lines", "prefixes", "regexes")
+
+    def __init__(self, cors: CorsPolicy, where: str) -> None:
+        self.exact = frozenset(o.exact for o in cors.allow_origins if o.exact is not None)
+        self.prefixes = tuple(o.prefix for o in cors.allow_origins if o.exact is None and o.prefix is not None)
+        regexes = []
+        for o in cors.allow_origins:
+            if o.exact is None and o.prefix is None and o.regex is not None:
+                try:
+                    regexes.append(re.compile(o.regex))
+                except re.error as exc:
+                    raise ValueError(f"{where}: cors origin regex {o.regex!r}: {exc}") from None
+        self.regexes = tuple(regexes)
+        credentials = b"access-control-allow-credentials: true\r\n" if cors.allow_credentials else b""
+        pre = [credentials]
+        if cors.allow_methods:
+            pre.append(b"access-control-allow-methods: %s\r\n" % ",".join(cors.allow_methods).encode("latin-1"))
+        if cors.allow_headers:
+            pre.append(b"access-control-allow-headers: %s\r\n" % ",".join(cors.allow_headers).encode("latin-1"))
+        if cors.max_age is not None:
+            pre.append(b"access-control-max-age: %d\r\n" % cors.max_age)
+        self.preflight_lines = b"".join(pre)
+        actual = [credentials]
+        if cors.expose_headers:
+            actual.append(b"access-control-expose-headers: %s\r\n" % ",".join(cors.expose_headers).encode("latin-1"))
+        self.actual_lines = b"".join(actual)
+
+    def allows(self, origin: str) -> bool:
+        if origin in self.exact:
+            return True
+        if any(origin.startswith(p) for p in self.prefixes):
+            return True
+        return any(r.fullmatch(origin) for r in self.regexes)
+
+    def preflight(self, origin: str) -> bytes:
+        return b"access-control-allow-origin: %s\r\n%s" % (origin.encode("latin-1"), self.preflight_lines)
+
+    def actual(self, origin: str) -> bytes:
+        return b"access-control-allow-origin: %s\r\n%s" % (origin.encode("latin-1"), self.actual_lines)
+
+
 class RoutePlan:
-    """One route, pre-digested: which clusters with what weights, timeouts, rewrites."""
+    """One route, pre-digested: which clusters with what weights, timeouts, rewrites, header operations.
+
+    `policies` is true when the route has a fault, mirrors or CORS: only then
+    does the request path look at them. `rebuild` is true when responses
+    need their head rewritten (response header operations, CORS).
+    """
 
     __slots__ = (
-        "clusters", "cumulative", "direct", "host_rewrite", "kind", "name", "prefix", "prefix_rewrite",
-        "redirect", "retry", "route", "set_headers", "set_names", "single", "timeout", "total",
+        "clusters", "cors", "cumulative", "direct", "fault", "host_rewrite", "kind", "mirrors", "name", "policies", "prefix",
+        "prefix_rewrite", "rebuild", "redirect", "resp_drop", "resp_lines", "retry", "route", "set_headers", "set_names",
+        "single", "timeout", "total",
     )
 
     ACTION, DIRECT, REDIRECT = 0, 1, 2
@@ -121,10 +197,34 @@ class RoutePlan:
         kinds = [k for k in (route.action, route.direct, route.redirect) if k is not None]
         if len(kinds) != 1:
             raise ValueError(f"{where}: a route needs exactly one of action, direct, redirect (has {len(kinds)})")
-        self.set_headers = b"".join(
-            b"%s: %s\r\n" % (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in route.request_headers_set.items()
-        )
-        self.set_names = frozenset(k.lower().encode("latin-1") for k in route.request_headers_set)
+        # request: headers removed (and replaced) first, then the set and added lines
+        self.set_headers = _lines(route.request_headers_set, route.request_headers_add)
+        self.set_names = _names(route.request_headers_set, route.request_headers_remove)
+        self.resp_lines = _lines(route.response_headers_set, route.response_headers_add)
+        self.resp_drop = _names(route.response_headers_set, route.response_headers_remove)
+        # Envoy's cors filter acts on routes with an action only (not direct responses, redirects)
+        self.cors = CorsPlan(route.cors, where) if route.cors is not None and route.action is not None else None
+        self.rebuild = bool(self.resp_lines or self.resp_drop or self.cors)
+        self.fault: tuple[float | None, float, int | None, float] | None = None
+        fault = route.fault
+        if fault is not None and (fault.delay is not None or fault.abort_status is not None):
+            if fault.delay is not None and fault.delay < 0:
+                raise ValueError(f"{where}: fault delay must be >= 0, got {fault.delay}")
+            if fault.abort_status is not None and not 200 <= fault.abort_status <= 599:
+                raise ValueError(f"{where}: fault abort status {fault.abort_status} out of range")
+            for p in (fault.delay_percent, fault.abort_percent):
+                if not 0 <= p <= 100:
+                    raise ValueError(f"{where}: fault percentage {p} is not between 0 and 100")
+            self.fault = (fault.delay, fault.delay_percent, fault.abort_status, fault.abort_percent)
+        self.mirrors: tuple[tuple[ClusterRuntime, float], ...] = ()
+        if route.mirror:
+            if route.action is None:
+                raise ValueError(f"{where}: mirror needs a route action")
+            for m in route.mirror:
+                if not 0 <= m.percent <= 100:
+                    raise ValueError(f"{where}: mirror percentage {m.percent} is not between 0 and 100")
+            self.mirrors = tuple((clusters[m.cluster], m.percent) for m in route.mirror if m.percent > 0)
+        self.policies = bool(self.fault or self.mirrors or self.cors)
         self.clusters: tuple[ClusterRuntime, ...] = ()
         self.cumulative: list[int] = []
         self.total = 0

@@ -3,11 +3,13 @@
 One :class:`~knotwork.proxyconfig.Route` per ``match[]`` entry (several
 entries are OR-ed; see :mod:`knotwork_routing.httpmatch`), in order; an
 entry without ``match`` matches everything. Supported now, besides the
-match: ``route`` (destination host, subset, port; weight), ``timeout``,
-``retries``, ``rewrite`` (uri, authority), ``redirect``, ``directResponse``
-and ``headers.request.set``. Fields not supported yet (``fault``,
-``mirror``, ``corsPolicy``, ``delegate``, response headers, …) are ignored
-with a warning, so one such resource does not stop the whole mesh.
+match: ``route`` (destination host, subset, port; weight; ``headers`` when
+there is one destination), ``timeout``, ``retries``, ``rewrite`` (uri,
+authority), ``redirect``, ``directResponse``, ``headers`` (request and
+response set/add/remove), ``fault``, ``mirror``/``mirrorPercentage``/
+``mirrors`` and ``corsPolicy`` (see :mod:`knotwork_routing.policies`). Fields
+not supported yet (``delegate``, …) are ignored with a warning, so one such
+resource does not stop the whole mesh.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from knotwork.proxyconfig import DirectResponse, Redirect, RetryPolicy, Route, R
 from .clusters import ClusterSet, PortError
 from .errors import ResourceError, field_path, warn_unsupported
 from .httpmatch import match_applies, route_match
+from .policies import HEADER_FIELDS, HeaderOps, cors_policy, fault_policy, header_ops, merge_header_ops, mirror_policies
 from .specs import as_duration, as_int, as_list, as_mapping
 
 __all__ = ["RouteScope", "http_routes"]
 
-_IGNORED = ("fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent", "corsPolicy", "delegate")
+_IGNORED = ("delegate",)
 _ACTIONS = ("route", "redirect", "directResponse")
 
 
@@ -83,63 +86,75 @@ def _http_entry(vs: Resource, http: Mapping[str, Any], where: str, scope: RouteS
 
 
 def _outcome(vs: Resource, http: Mapping[str, Any], where: str, scope: RouteScope) -> dict[str, Any]:
-    """The Route fields shared by every match of one http entry: exactly one action, headers to set."""
+    """The Route fields shared by every match of one http entry: exactly one action, headers, policies."""
     given = [k for k in _ACTIONS if http.get(k)]
     if len(given) != 1:
         got = ", ".join(given) or "none"
         raise ResourceError(vs, where, f"expected exactly one of route, redirect, directResponse, got {got}")
-    out: dict[str, Any] = {"request_headers_set": _headers_to_set(vs, http, f"{where}.headers")}
+    ops = header_ops(vs, http.get("headers"), f"{where}.headers")
+    out: dict[str, Any] = {}
     at = f"{where}.{given[0]}"
     if given[0] == "redirect":
         out["redirect"] = _redirect(vs, as_mapping(vs, http["redirect"], at), at)
     elif given[0] == "directResponse":
         out["direct"] = _direct(vs, as_mapping(vs, http["directResponse"], at), at)
     else:
-        out["action"] = _action(vs, http, where, scope)
+        out["action"], dest_ops = _action(vs, http, where, scope)
+        if dest_ops is not None:
+            ops = merge_header_ops(ops, dest_ops)
+        out["mirror"] = mirror_policies(vs, http, where, lambda d, w: _destination(vs, d, w, scope))
+    if given[0] != "route":
+        for key in ("mirror", "mirrors"):
+            if key in http:
+                warn_unsupported(vs, f"{where}.{key} (mirroring needs a route)")
+    out.update(zip(HEADER_FIELDS, ops, strict=True))
+    out["fault"] = fault_policy(vs, http.get("fault"), f"{where}.fault")
+    out["cors"] = cors_policy(vs, http.get("corsPolicy"), f"{where}.corsPolicy")
     return out
 
 
-def _headers_to_set(vs: Resource, http: Mapping[str, Any], where: str) -> dict[str, str]:
-    headers = as_mapping(vs, http.get("headers"), where)
-    request = as_mapping(vs, headers.get("request"), f"{where}.request")
-    for key in ("add", "remove"):
-        if key in request:
-            warn_unsupported(vs, f"{where}.request.{key}")
-    if "response" in headers:
-        warn_unsupported(vs, f"{where}.response")
-    return {str(k).lower(): str(v) for k, v in as_mapping(vs, request.get("set"), f"{where}.request.set").items()}
-
-
-def _action(vs: Resource, http: Mapping[str, Any], where: str, scope: RouteScope) -> RouteAction:
+def _action(vs: Resource, http: Mapping[str, Any], where: str, scope: RouteScope) -> tuple[RouteAction, HeaderOps | None]:
+    """The RouteAction, and the header operations of its destination when it has only one."""
     rewrite = as_mapping(vs, http.get("rewrite"), f"{where}.rewrite")
+    clusters, dest_ops = _clusters(vs, as_list(vs, http["route"], f"{where}.route"), f"{where}.route", scope)
     return RouteAction(
-        clusters=_clusters(vs, as_list(vs, http["route"], f"{where}.route"), f"{where}.route", scope),
+        clusters=clusters,
         timeout=as_duration(vs, http.get("timeout"), f"{where}.timeout"),
         retry=_retries(vs, http.get("retries"), f"{where}.retries"),
         prefix_rewrite=str(rewrite["uri"]) if rewrite.get("uri") is not None else None,
         host_rewrite=str(rewrite["authority"]) if rewrite.get("authority") else None,
-    )
+    ), dest_ops
 
 
-def _clusters(vs: Resource, entries: Sequence[Any], where: str, scope: RouteScope) -> tuple[WeightedCluster, ...]:
-    """Weighted clusters of ``route[]``: one destination gets everything; weights all omitted split evenly."""
+def _clusters(
+    vs: Resource, entries: Sequence[Any], where: str, scope: RouteScope,
+) -> tuple[tuple[WeightedCluster, ...], HeaderOps | None]:
+    """Weighted clusters of ``route[]``: one destination gets everything; weights all omitted split evenly.
+
+    Per-destination ``headers`` apply to the route when there is one
+    destination entry; with several they are ignored with a warning.
+    """
     weights: dict[str, int] = {}
     explicit = False
+    dest_ops: HeaderOps | None = None
     for k, entry in enumerate(entries):
         at = f"{where}[{k}]"
         entry = as_mapping(vs, entry, at)
         if "headers" in entry:
-            warn_unsupported(vs, f"{at}.headers")
+            if len(entries) == 1:
+                dest_ops = header_ops(vs, entry["headers"], f"{at}.headers")
+            else:
+                warn_unsupported(vs, f"{where}[*].headers (per-destination headers with several destinations)")
         dest = as_mapping(vs, entry.get("destination"), f"{at}.destination")
         name = _destination(vs, dest, f"{at}.destination", scope)
         weight = entry.get("weight")
         explicit = explicit or weight is not None
         weights[name] = weights.get(name, 0) + (as_int(vs, weight, f"{at}.weight") if weight is not None else 0)
     if len(weights) == 1:
-        return (WeightedCluster(next(iter(weights))),)
+        return (WeightedCluster(next(iter(weights))),), dest_ops
     if not explicit or not sum(weights.values()):
-        return tuple(WeightedCluster(name, 1) for name in weights)
-    return tuple(WeightedCluster(name, w) for name, w in weights.items())
+        return tuple(WeightedCluster(name, 1) for name in weights), dest_ops
+    return tuple(WeightedCluster(name, w) for name, w in weights.items()), dest_ops
 
 
 def _destination(vs: Resource, dest: Mapping[str, Any], where: str, scope: RouteScope) -> str:

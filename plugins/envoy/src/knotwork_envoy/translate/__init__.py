@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 
 # The typed configs nested in resources must be importable for Any to (un)pack them.
+import envoy_data_plane.envoy.extensions.filters.http.cors.v3  # noqa: F401
+import envoy_data_plane.envoy.extensions.filters.http.fault.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.router.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3  # noqa: F401

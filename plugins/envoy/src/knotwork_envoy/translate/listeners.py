@@ -26,6 +26,8 @@ __all__ = ["HCM", "MODES", "TCP_PROXY", "listener"]
 
 HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "envoy.extensions.filters.http.router.v3.Router"
+CORS = "envoy.extensions.filters.http.cors.v3.Cors"
+FAULT = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 TCP_PROXY = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 MODES = {"inbound": "INBOUND", "gateway": "INBOUND", "outbound": "OUTBOUND", "http_proxy": "OUTBOUND"}
 #: Connect attempts of a TCP listener (the native engine tries 3 endpoints).
@@ -63,7 +65,12 @@ def http_connection_manager(lis: Listener, server_name: str = "knotwork") -> dic
         "stat_prefix": stat_name(lis.name),
         "codec_type": "AUTO",
         "rds": {"route_config_name": lis.route_table, "config_source": ADS},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": typed(ROUTER, suppress_envoy_headers=True)}],
+        "http_filters": [
+            # CORS and fault injection act only on routes whose typed_per_filter_config asks for them
+            {"name": "envoy.filters.http.cors", "typed_config": typed(CORS)},
+            {"name": "envoy.filters.http.fault", "typed_config": typed(FAULT)},
+            {"name": "envoy.filters.http.router", "typed_config": typed(ROUTER, suppress_envoy_headers=True)},
+        ],
         "use_remote_address": True,
         "upgrade_configs": upgrades,
         "http_protocol_options": {"accept_http_10": True, "allow_absolute_url": True},

@@ -57,6 +57,7 @@ def local_reply_config(listener: Listener) -> dict[str, Any]:
         for code in ("UF", "UC", "UT")
     ]
     single = [_mapper(_flags(code), code, BODIES[code]) for code in ("UH", "UF", "UT", "UC")]
+    single.append(_mapper(_flags("FI"), "FI", "fault filter abort"))  # a fault abort, as the native engine says it
     other = _mapper({"response_flag_filter": {}}, "%RESPONSE_FLAGS%", _OTHER)
     mappers = [*retried, no_route, *single, other]
     if listener.mode != "http_proxy":  # CONNECT finds no route here: say why, as the native engine does

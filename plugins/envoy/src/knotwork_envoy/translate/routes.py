@@ -10,7 +10,12 @@ Follows the semantics of the ``host`` router the native engine runs:
   Envoy's default of 15 s would cut long requests the native engine serves),
   retries (unset: the native default, 2 retries on ``connect-failure`` and
   ``refused-stream``, on another endpoint when there is one), rewrites,
-  direct responses, redirects and request headers;
+  direct responses, redirects, request and response header operations
+  (set → ``OVERWRITE_IF_EXISTS_OR_ADD``, add → ``APPEND_IF_EXISTS_OR_ADD``,
+  remove → ``*_headers_to_remove``), mirrors (``request_mirror_policies``
+  with a ``runtime_fraction``), and per-route configs of the fault and cors
+  filters (``typed_per_filter_config``; the filters are in every HTTP
+  listener's chain, see :mod:`.listeners`);
 - in a table behind an ``http_proxy`` listener (`tunnels`), each virtual
   host whose routes include a catch-all forward also gets a
   ``connect_matcher`` route first, terminating ``CONNECT host:port`` into a
@@ -26,12 +31,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from knotwork.proxyconfig import HeaderMatch, RetryPolicy, Route, RouteAction, RouteMatch, RouteTable, VirtualHost
+from knotwork.proxyconfig import (
+    CorsPolicy,
+    FaultPolicy,
+    HeaderMatch,
+    MirrorPolicy,
+    RetryPolicy,
+    Route,
+    RouteAction,
+    RouteMatch,
+    RouteTable,
+    StringMatch,
+    VirtualHost,
+)
 
 from .common import TranslationError, duration, escape_format, header_option, typed
 
-__all__ = ["DEFAULT_RETRY", "RETRY_TOKENS", "route_configuration"]
+__all__ = ["CORS_FILTER", "DEFAULT_RETRY", "FAULT_FILTER", "RETRY_TOKENS", "route_configuration"]
 
+FAULT_FILTER = "envoy.filters.http.fault"
+CORS_FILTER = "envoy.filters.http.cors"
+HTTP_FAULT = "envoy.extensions.filters.http.fault.v3.HTTPFault"
+CORS_POLICY = "envoy.extensions.filters.http.cors.v3.CorsPolicy"
 PREVIOUS_HOSTS = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 RETRY_TOKENS = frozenset({
     "5xx", "gateway-error", "connect-failure", "reset", "reset-before-request", "retriable-4xx",
@@ -122,9 +143,89 @@ def route(r: Route, where: str) -> dict[str, Any]:
         if r.redirect.host:
             redirect["host_redirect"] = r.redirect.host
         out["redirect"] = redirect
-    if r.request_headers_set:
-        out["request_headers_to_add"] = [header_option(k.lower(), escape_format(v)) for k, v in r.request_headers_set.items()]
+    if r.action is not None and r.mirror:
+        out["route"]["request_mirror_policies"] = [mirror_policy(m, where) for m in r.mirror]
+    elif r.mirror:
+        raise TranslationError(f"{where}: mirror needs a route action")
+    for side in ("request", "response"):
+        to_add = _headers_to_add(getattr(r, f"{side}_headers_set"), getattr(r, f"{side}_headers_add"))
+        if to_add:
+            out[f"{side}_headers_to_add"] = to_add
+        remove = getattr(r, f"{side}_headers_remove")
+        if remove:
+            out[f"{side}_headers_to_remove"] = [name.lower() for name in remove]
+    per_filter: dict[str, Any] = {}
+    if r.fault is not None and (r.fault.delay is not None or r.fault.abort_status is not None):
+        per_filter[FAULT_FILTER] = fault(r.fault, where)
+    if r.cors is not None:
+        per_filter[CORS_FILTER] = cors(r.cors, where)
+    if per_filter:
+        out["typed_per_filter_config"] = per_filter
     return out
+
+
+def _headers_to_add(set_: Any, add: Any) -> list[dict[str, Any]]:
+    return ([header_option(k.lower(), escape_format(v)) for k, v in set_.items()]
+            + [header_option(k.lower(), escape_format(v), "APPEND_IF_EXISTS_OR_ADD") for k, v in add.items()])
+
+
+# ── policies ────────────────────────────────────────────────────────────────
+
+
+def fractional_percent(percent: float, where: str) -> dict[str, Any]:
+    """A ``FractionalPercent`` per million, as Istio writes percentages."""
+    if not 0 <= percent <= 100:
+        raise TranslationError(f"{where}: percentage {percent} is not between 0 and 100")
+    return {"numerator": round(percent * 10000), "denominator": "MILLION"}
+
+
+def fault(f: FaultPolicy, where: str) -> dict[str, Any]:
+    """The fault filter's per-route ``HTTPFault``."""
+    config: dict[str, Any] = {}
+    if f.delay is not None:
+        if f.delay < 0:
+            raise TranslationError(f"{where}: fault delay must be >= 0, got {f.delay}")
+        config["delay"] = {"fixed_delay": duration(f.delay),
+                           "percentage": fractional_percent(f.delay_percent, f"{where} fault delay")}
+    if f.abort_status is not None:
+        if not 200 <= f.abort_status <= 599:
+            raise TranslationError(f"{where}: fault abort status {f.abort_status} out of range")
+        config["abort"] = {"http_status": f.abort_status,
+                           "percentage": fractional_percent(f.abort_percent, f"{where} fault abort")}
+    return typed(HTTP_FAULT, **config)
+
+
+def mirror_policy(m: MirrorPolicy, where: str) -> dict[str, Any]:
+    return {"cluster": m.cluster,
+            "runtime_fraction": {"default_value": fractional_percent(m.percent, f"{where} mirror {m.cluster!r}")}}
+
+
+def _string_matcher(o: StringMatch, where: str) -> dict[str, Any]:
+    if o.exact is not None:
+        return {"exact": o.exact}
+    if o.prefix is not None:
+        return {"prefix": o.prefix}
+    if o.regex is not None:
+        return {"safe_regex": {"regex": o.regex}}
+    raise TranslationError(f"{where}: an origin match needs one of exact, prefix, regex")
+
+
+def cors(c: CorsPolicy, where: str) -> dict[str, Any]:
+    """The cors filter's per-route ``CorsPolicy``."""
+    config: dict[str, Any] = {
+        "allow_origin_string_match": [_string_matcher(o, f"{where} cors origin") for o in c.allow_origins],
+    }
+    if c.allow_methods:
+        config["allow_methods"] = ",".join(c.allow_methods)
+    if c.allow_headers:
+        config["allow_headers"] = ",".join(c.allow_headers)
+    if c.expose_headers:
+        config["expose_headers"] = ",".join(c.expose_headers)
+    if c.max_age is not None:
+        config["max_age"] = str(c.max_age)
+    if c.allow_credentials is not None:
+        config["allow_credentials"] = c.allow_credentials
+    return typed(CORS_POLICY, **config)
 
 
 # ── match ───────────────────────────────────────────────────────────────────
