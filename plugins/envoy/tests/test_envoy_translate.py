@@ -87,6 +87,7 @@ def test_inbound_http_listener() -> None:
     assert hcm["upgrade_configs"] == [{"upgrade_type": "websocket"}]
     assert (hcm["server_name"], hcm["server_header_transformation"]) == ("knotwork", "APPEND_IF_ABSENT")
     assert hcm["use_remote_address"] is True
+    assert hcm["preserve_external_request_id"] is True  # x-request-id kept across hops, as native
     to_message("listeners", out)
 
 

@@ -72,6 +72,9 @@ def http_connection_manager(lis: Listener, server_name: str = "knotwork") -> dic
             {"name": "envoy.filters.http.router", "typed_config": typed(ROUTER, suppress_envoy_headers=True)},
         ],
         "use_remote_address": True,
+        # keep the caller's x-request-id (generate one only when absent), as the native engine
+        # does: every hop of a loopback mesh looks "external" to Envoy (the request has an XFF)
+        "preserve_external_request_id": True,
         "upgrade_configs": upgrades,
         "http_protocol_options": {"accept_http_10": True, "allow_absolute_url": True},
         "local_reply_config": local_reply_config(lis),
