@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["CLK_TCK", "Proc", "cpu_seconds", "free_port", "http_get", "machine_cpu", "memory", "wait_http", "wait_port"]
+__all__ = ["CLK_TCK", "ChildProc", "Proc", "cpu_seconds", "free_port", "http_get", "machine_cpu", "memory", "wait_http", "wait_port"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
@@ -116,6 +116,40 @@ class Proc:
                 self.popen.kill()
             self.popen.wait()
         self._log.close()
+
+
+class ChildProc:
+    """A process the benchmark did not start but measures: Envoy, run by an envoy-engine
+    agent (``knotwork proxy --engine envoy``) as its child. Read-only: never signalled
+    here (the agent stops it, and it dies with the agent)."""
+
+    def __init__(self, name: str, pid: int, parent: Proc) -> None:
+        self.name = name
+        self.pid = pid
+        self.parent = parent
+        self.log_path = parent.log_path  # the agent passes Envoy's output on to its own log
+
+    def alive(self) -> bool:
+        try:
+            data = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        fields = data[data.rindex(")") + 2:].split()
+        return fields[0] != "Z" and int(fields[1]) == self.parent.pid  # state, ppid: still the agent's child
+
+    def check(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} (pid {self.pid}, child of {self.parent.name}) is gone: "
+                               f"Envoy exited or was restarted; log {self.log_path}:\n{self.parent.tail()}")
+
+    def tail(self, lines: int = 20) -> str:
+        return self.parent.tail(lines)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def memory(self) -> dict[str, float]:
+        return memory(self.pid)
 
 
 async def http_get(port: int, path: str, *, host: str = "127.0.0.1", headers: dict[str, str] | None = None,

