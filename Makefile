@@ -32,7 +32,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(BIN)/lint-imports
 
-# `make bench` (not part of `make test`): native sidecars vs direct and vs Envoy,
+# `make bench` (not part of `make test`): direct vs native and Envoy-engine sidecars,
 # see bench/README.md. BENCH_ARGS="--duration 3 --rounds 1" for a quick run.
 BENCH_STAMP := $(VENV)/.bench-installed
 
