@@ -38,7 +38,7 @@ from .model import MeshSettings
 if TYPE_CHECKING:
     from .kernel import Hooks
 
-__all__ = ["Mesh", "MeshError", "Selection", "find_mesh_file", "load_mesh", "settings_from_text", "structure"]
+__all__ = ["Mesh", "MeshError", "Selection", "describe", "find_mesh_file", "load_mesh", "settings_from_text", "structure"]
 
 MESH_FILE = "knotwork.yaml"
 STATE_DIR = ".knotwork"
@@ -116,7 +116,7 @@ _converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 def _strict(kind: type, name: str, accept: tuple[type, ...]) -> None:
     def hook(value: Any, _: Any) -> Any:
         if isinstance(value, bool) and kind is not bool or not isinstance(value, accept):
-            raise TypeError(f"expected {name}, got {_show(value)}")
+            raise TypeError(f"expected {name}, got {describe(value)}")
         return kind(value)
 
     _converter.register_structure_hook(kind, hook)
@@ -149,7 +149,7 @@ def _collection_hook(t: Any) -> Any:
 
     def hook(value: Any, cl: Any) -> Any:
         if not isinstance(value, accept):
-            raise TypeError(f"expected {expected}, got {_show(value)}")
+            raise TypeError(f"expected {expected}, got {describe(value)}")
         return inner(value, cl)
 
     return hook
@@ -160,10 +160,11 @@ _converter.register_structure_hook_factory(
 
 
 def _bad(expected: str, value: Any) -> Any:
-    raise TypeError(f"expected {expected}, got {_show(value)}")
+    raise TypeError(f"expected {expected}, got {describe(value)}")
 
 
-def _show(value: Any) -> str:
+def describe(value: Any) -> str:
+    """How a wrong value is named in a problem line: `a mapping`, `a list`, `nothing`, or its repr."""
     if value is None:
         return "nothing"
     if isinstance(value, dict):
@@ -282,7 +283,7 @@ class _Report:
                 obj = _converter.structure(data if data is not None else {}, cls)
         except Exception as exc:  # noqa: BLE001 - every cattrs failure becomes a problem line
             if isinstance(data, (list, str, int)) and attrs.has(cls):
-                self.add(path, f"expected a mapping, got {_show(data)}")
+                self.add(path, f"expected a mapping, got {describe(data)}")
                 return None
             for sub_path, message in _walk(exc, path):
                 self.add(sub_path, message)
@@ -352,7 +353,7 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
         raise MeshError([f"{path}:0: (file): expected a readable mesh file, got {exc.strerror or exc}"]) from None
     data, lines = _compose(text, str(path))
     if not isinstance(data, dict):
-        raise MeshError([f"{path}:{lines.get((), 1)}: (document): expected a mapping, got {_show(data)}"])
+        raise MeshError([f"{path}:{lines.get((), 1)}: (document): expected a mapping, got {describe(data)}"])
     if engine:
         data.setdefault("plugins", {})
         if isinstance(data["plugins"], dict):

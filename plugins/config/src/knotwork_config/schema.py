@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
+from knotwork.config import describe as show
 
 __all__ = ["API_VERSIONS", "KINDS", "Check", "Duration", "Int", "ListOf", "MapOf", "Obj", "Str", "check", "show"]
 
@@ -26,17 +27,6 @@ API_VERSIONS: dict[str, tuple[str, ...]] = {
     "security.istio.io": ("v1beta1", "v1"),
     "telemetry.istio.io": ("v1alpha1", "v1"),
 }
-
-
-def show(value: Any) -> str:
-    """How a wrong value is named in a problem line (as the kernel's config errors do)."""
-    if value is None:
-        return "nothing"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
 
 
 class Check:
