@@ -107,17 +107,25 @@ async def test_fault_percentages_are_sampled_per_request(monkeypatch: pytest.Mon
     assert statuses == [500, 200, 500, 200]
 
 
+async def _until(condition, timeout: float = 5.0) -> None:
+    """Poll `condition` until true, failing after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
 async def test_client_gone_during_a_delay_cancels_it() -> None:
     app = Upstream("app")
     async with running(app), dataplane(res_for(policy_route(fault=FaultPolicy(delay=0.3)),
                                                clusters={"c": [app.addr]})) as dp:
         client = await RawClient.open(dp.port_of("in"))
         client.send()
-        await asyncio.sleep(0.05)
+        await _until(lambda: dp.status()["in_flight"] == 1)  # the request is inside its delay
         await client.aclose()
-        await asyncio.sleep(0.4)
+        await _until(lambda: dp.status()["response_flags"].get("DC") == 1)
+        assert dp.status()["in_flight"] == 0
         assert app.requests == []
-        assert dp.status()["response_flags"].get("DC") == 1
 
 
 # ── mirror ──────────────────────────────────────────────────────────────────
@@ -166,9 +174,8 @@ async def test_mirror_percentage_zero_sends_nothing_and_large_bodies_are_not_mir
         assert (await client.request(path="/never")).status == 200
         assert (await client.request(method="POST", body=b"x" * (200 * 1024))).status == 200
         await client.aclose()
-        await asyncio.sleep(0.1)
+        await _until(lambda: dp.stats["mirror_rq_skipped"] == 1)
         assert shadow.requests == []
-        assert dp.stats["mirror_rq_skipped"] == 1
 
 
 def test_shadow_host() -> None:
