@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import socket
 
 import httptools
+from upstream import serve_protocol  # the same listener set-up as the upstream (bench/ is on sys.path)
 
 try:
     import uvloop
@@ -128,18 +127,8 @@ class MinimalProxy:
 
 
 async def serve(port: int, upstream_port: int) -> None:
-    loop = asyncio.get_running_loop()
     proxy = MinimalProxy(upstream_port)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    server = await loop.create_server(lambda: Downstream(proxy), sock=sock, backlog=1024)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"READY {sock.getsockname()[1]}", flush=True)
-    async with server:
-        await stop.wait()
+    await serve_protocol(port, lambda: Downstream(proxy))
 
 
 def main() -> None:

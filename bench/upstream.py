@@ -56,12 +56,17 @@ class CannedProtocol(asyncio.Protocol):
 
 
 async def serve(port: int, body: bytes) -> None:
-    loop = asyncio.get_running_loop()
     response = canned(body)
+    await serve_protocol(port, lambda: CannedProtocol(response))
+
+
+async def serve_protocol(port: int, factory) -> None:  # noqa: ANN001 - a protocol factory
+    """Serve `factory` on 127.0.0.1:`port`, print `READY <port>`, stop on SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    server = await loop.create_server(lambda: CannedProtocol(response), sock=sock, backlog=1024)
+    server = await loop.create_server(factory, sock=sock, backlog=1024)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
