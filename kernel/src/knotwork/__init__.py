@@ -6,7 +6,7 @@ and return records from :mod:`knotwork.records`.
 
 import pluggy
 
-from .model import Endpoint, Identity, MeshSettings, PlatformSnapshot, Protocol, ProxyNode, Resource, Service, ServicePort, Workload
+from .model import Endpoint, Identity, MeshSettings, OutboundTrafficPolicy, PlatformSnapshot, Protocol, ProxyNode, Resource, Service, ServicePort, Workload
 from .records import AttestationClaim, CliCommand, Compiler, CompileInput, Component, ComponentContext, ProxyContext, ProxyEngine, Strategy
 
 hookimpl = pluggy.HookimplMarker("knotwork")
@@ -21,6 +21,7 @@ __all__ = [
     "Endpoint",
     "Identity",
     "MeshSettings",
+    "OutboundTrafficPolicy",
     "PlatformSnapshot",
     "Protocol",
     "ProxyContext",

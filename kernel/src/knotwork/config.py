@@ -13,6 +13,7 @@ once, one line each: ``FILE:LINE: dotted.path: expected X, got Y``.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_origin
@@ -127,6 +128,15 @@ _strict(float, "a number", (int, float))
 _strict(str, "a string", (str,))
 _strict(bool, "true or false", (bool,))
 _converter.register_structure_hook(Path, lambda v, _: Path(v) if isinstance(v, str) else _bad("a path", v))
+
+
+def _enum(value: Any, cls: type[enum.Enum]) -> Any:
+    values = [m.value for m in cls]
+    return cls(value) if value in values else _bad("one of " + ", ".join(map(str, values)), value)
+
+
+for _base in (enum.Enum, enum.StrEnum):  # StrEnum before str in the MRO: the string hook must not win
+    _converter.register_structure_hook(_base, _enum)
 
 
 def _collection_hook(t: Any) -> Any:

@@ -16,6 +16,7 @@ __all__ = [
     "Endpoint",
     "Identity",
     "MeshSettings",
+    "OutboundTrafficPolicy",
     "PlatformSnapshot",
     "Protocol",
     "ProxyNode",
@@ -29,6 +30,13 @@ __all__ = [
 ]
 
 
+class OutboundTrafficPolicy(enum.StrEnum):
+    """What a sidecar does with a host no service or ServiceEntry names (Istio's MeshConfig)."""
+
+    ALLOW_ANY = "ALLOW_ANY"
+    REGISTRY_ONLY = "REGISTRY_ONLY"
+
+
 @attrs.frozen
 class MeshSettings:
     """Mesh-wide names, from the `mesh:` section of the mesh file."""
@@ -38,6 +46,10 @@ class MeshSettings:
     root_namespace: str = attrs.field(
         default="knotwork-system",
         metadata={"help": "namespace whose resources apply mesh-wide (istio-system is an alias)"},
+    )
+    outbound_traffic_policy: OutboundTrafficPolicy = attrs.field(
+        default=OutboundTrafficPolicy.ALLOW_ANY,
+        metadata={"help": "ALLOW_ANY passes unknown hosts through; REGISTRY_ONLY answers 502 (flag NR)"},
     )
 
     def is_root_namespace(self, namespace: str) -> bool:
