@@ -92,7 +92,8 @@ class ClusterSet:
     def emit(self, builder: SnapshotBuilder) -> None:
         """Add every recorded cluster and its endpoint set to `builder`."""
         for name, (fqdn, port, subset, protocol) in self._wanted.items():
-            builder.add(Cluster(name=name, service=fqdn, port=port, protocol=protocol, lb=self._lb))
+            lb = self._rules.load_balancer(fqdn, port, subset) or self._lb
+            builder.add(Cluster(name=name, service=fqdn, port=port, protocol=protocol, lb=lb))
             builder.add(EndpointSet(name=name, endpoints=self._lb_endpoints(fqdn, port, subset)))
 
     def _lb_endpoints(self, fqdn: str, port: int, subset: str) -> tuple[LbEndpoint, ...]:

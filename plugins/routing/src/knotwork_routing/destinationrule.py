@@ -1,8 +1,11 @@
 """DestinationRule (networking.istio.io): which rule applies to a host, and its subsets.
 
-Only ``host`` and ``subsets[].{name, labels}`` are read here; traffic policies
-(load balancer, connection pool, outlier detection, TLS) belong to other
-areas and come later. When several rules name one host, the one in the
+Read here: ``host``, ``subsets[].{name, labels}`` and the simple load
+balancer of ``trafficPolicy`` — per rule, per port (``portLevelSettings``)
+and per subset (a subset's policy overrides the rule's; within a policy a
+port's setting overrides the policy's own). Connection pools, outlier
+detection, hashing, locality and TLS come in later issues and are reported
+as not supported yet when written. When several rules name one host, the one in the
 client's namespace wins, then the one in the host's namespace, then the
 root namespace's, then the first written — Istio's order. A rule for a
 wildcard host (``*.example.com``) applies to hosts it covers when no rule
@@ -15,9 +18,15 @@ from collections.abc import Collection, Iterable, Mapping
 
 from knotwork import MeshSettings, Resource
 
+from .errors import ResourceError, field_path, warn_unsupported
 from .hosts import covers, resolve
 
-__all__ = ["DestinationRules"]
+__all__ = ["BALANCERS", "DestinationRules"]
+
+#: Istio's ``loadBalancer.simple`` -> Knotwork balancer strategy (``LEAST_CONN`` is Istio's deprecated alias).
+BALANCERS = {"ROUND_ROBIN": "round_robin", "LEAST_REQUEST": "least_request", "LEAST_CONN": "least_request",
+             "RANDOM": "random"}
+_LATER = ("connectionPool", "outlierDetection", "tls", "tunnel", "proxyProtocol")
 
 
 class DestinationRules:
@@ -70,3 +79,49 @@ class DestinationRules:
             if isinstance(entry, Mapping) and entry.get("name") == subset:
                 return {str(k): str(v) for k, v in (entry.get("labels") or {}).items()}
         return None
+
+    def load_balancer(self, fqdn: str, port: int, subset: str = "") -> str | None:
+        """The balancer the rule for `fqdn` asks for at `port` (and `subset`), or None for the mesh default.
+
+        Raises :class:`ResourceError` for a balancer Knotwork does not have.
+        """
+        rule = self.for_host(fqdn)
+        if rule is None:
+            return None
+        policies: list[tuple[object, tuple]] = [(rule.spec.get("trafficPolicy"), ("spec", "trafficPolicy"))]
+        if subset:
+            for i, entry in enumerate(rule.spec.get("subsets") or ()):
+                if isinstance(entry, Mapping) and entry.get("name") == subset:
+                    policies.append((entry.get("trafficPolicy"), ("spec", "subsets", i, "trafficPolicy")))
+        chosen: str | None = None
+        for policy, where in policies:  # later (more specific) policies win
+            if not isinstance(policy, Mapping):
+                continue
+            found = _policy_balancer(rule, policy, where, port)
+            chosen = found or chosen
+        return chosen
+
+
+def _policy_balancer(rule: Resource, policy: Mapping, where: tuple, port: int) -> str | None:
+    for name in _LATER:
+        if policy.get(name):
+            warn_unsupported(rule, field_path(*where, name))
+    chosen = _simple(rule, policy.get("loadBalancer"), (*where, "loadBalancer"))
+    for i, level in enumerate(policy.get("portLevelSettings") or ()):
+        if isinstance(level, Mapping) and (level.get("port") or {}).get("number") == port:
+            chosen = _simple(rule, level.get("loadBalancer"), (*where, "portLevelSettings", i, "loadBalancer")) or chosen
+    return chosen
+
+
+def _simple(rule: Resource, lb: object, where: tuple) -> str | None:
+    if not isinstance(lb, Mapping):
+        return None
+    for name in sorted(set(lb) - {"simple"}):
+        warn_unsupported(rule, field_path(*where, name))
+    simple = lb.get("simple")
+    if simple in (None, "UNSPECIFIED"):
+        return None
+    if simple not in BALANCERS:
+        raise ResourceError(rule, field_path(*where, "simple"),
+                            f"expected one of {', '.join([*BALANCERS, 'UNSPECIFIED'])}, got {simple!r}")
+    return BALANCERS[str(simple)]
