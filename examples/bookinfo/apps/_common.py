@@ -32,6 +32,7 @@ FORWARD_HEADERS = (
     "end-user", "x-request-id", "traceparent", "tracestate",
     "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled",
     "x-b3-flags", "b3", "x-ot-span-context",
+    "x-bookinfo-fail",  # the test knob ratings obeys (see ratings.py)
 )
 MAX_BODY = 64 * 1024           # largest request body an app accepts
 MAX_UPSTREAM_BODY = 1 << 20    # largest response body read from another service

@@ -254,6 +254,22 @@ def test_details_and_ratings_json(proxy):
     assert get_json(ratings, "/nope")[0] == 404
 
 
+def test_ratings_failure_knob(proxy):
+    port = proxy.apps["ratings-v1-1"].port
+    first = {"x-bookinfo-fail": "first-attempt:503", "x-request-id": f"rid-{uuid.uuid4()}"}
+    assert get_json(port, "/ratings/0", headers=first)[0] == 503
+    assert get_json(port, "/ratings/0", headers=first)[0] == 200  # the same request id again: succeeds
+    assert get_json(port, "/ratings/0", headers=dict(first, **{"x-request-id": f"rid-{uuid.uuid4()}"}))[0] == 503
+    always = {"x-bookinfo-fail": "always:404", "x-request-id": f"rid-{uuid.uuid4()}"}
+    assert [get_json(port, "/ratings/0", headers=always)[0] for _ in range(3)] == [404] * 3
+    for ignored in ("first-attempt:abc", "sometimes:503", "always:200"):
+        assert get_json(port, "/ratings/0", headers={"x-bookinfo-fail": ignored})[0] == 200
+    # productpage forwards the knob on its call to ratings
+    status, _ = get_json(proxy.apps["productpage-v1-1"].port, "/api/v1/products/0/ratings",
+                         headers={"x-bookinfo-fail": "always:500"})
+    assert status == 500
+
+
 def test_productpage_api(proxy):
     port = proxy.apps["productpage-v1-1"].port
     status, products = get_json(port, "/api/v1/products")
