@@ -181,6 +181,14 @@ def test_timeout_retries_rewrite_headers():
     assert route.request_headers_set == {"x-route": "canary"}
 
 
+def test_retries_without_retry_on_get_istios_default_conditions():
+    retry = only_route({"route": [to("reviews")], "retries": {"attempts": 2}}).action.retry
+    assert retry == RetryPolicy(attempts=2, retry_on=("connect-failure", "refused-stream", "retriable-status-codes"),
+                                retriable_status_codes=(503,))
+    only_5xx = only_route({"route": [to("reviews")], "retries": {"attempts": 2, "retryOn": "5xx"}}).action.retry
+    assert (only_5xx.retry_on, only_5xx.retriable_status_codes) == (("5xx",), ())
+
+
 def test_no_timeout_or_retries_when_not_written():
     action = only_route({"route": [to("reviews")]}).action
     assert action.timeout is None and action.retry is None

@@ -171,13 +171,22 @@ def _destination(vs: Resource, dest: Mapping[str, Any], where: str, scope: Route
     return scope.clusters.want(fqdn, port, str(dest.get("subset") or ""))
 
 
+#: Istio's retry conditions when a route's ``retries`` has no ``retryOn``.
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,503"
+
+
 def _retries(vs: Resource, value: Any, where: str) -> RetryPolicy | None:
-    """``retries``: status codes in ``retryOn`` become retriable status codes, as in Istio."""
+    """``retries``: status codes in ``retryOn`` become retriable status codes, as in Istio.
+
+    Without ``retryOn`` Istio's default conditions apply: connection failures,
+    refused streams and status 503 (its gRPC-only ``unavailable`` and
+    ``cancelled`` have no HTTP/1 meaning).
+    """
     spec = as_mapping(vs, value, where)
     if not spec:
         return None
     retry_on, codes = [], []
-    for token in str(spec.get("retryOn") or "").split(","):
+    for token in str(spec.get("retryOn") or DEFAULT_RETRY_ON).split(","):
         token = token.strip()
         if token.isdigit():
             codes.append(int(token))
