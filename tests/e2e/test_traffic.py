@@ -292,10 +292,59 @@ def test_route_timeout_on_slow_upstream_is_504_ut(mesh: RunningMesh, engine: str
 
 # --------------------------------------------------------------------------- 5. retries
 
-@pytest.mark.skip(reason="no deterministic 'fail the first attempt' upstream in Bookinfo; "
-                         "a fault abort with percentage < 100 is random")
-def test_retries_hide_a_failing_first_attempt() -> None:
-    raise AssertionError("not implemented")
+RATINGS_API = "/api/v1/products/0/ratings"
+
+
+def ratings_attempts(mesh: RunningMesh, rids: set[str]) -> collections.Counter:
+    """How many times ratings saw each request id (its own log: one line per request)."""
+    seen = re.findall(r'"GET /ratings/0" \d+ .*?rid=(\S+)', mesh.knotwork("logs", "ratings-v1").stdout)
+    return collections.Counter(rid for rid in seen if rid in rids)
+
+
+def test_retries_hide_a_failing_first_attempt(mesh: RunningMesh, engine: str) -> None:
+    tag = f"retry-{engine}-{uuid.uuid4().hex[:8]}"
+    knob = {"x-bookinfo-fail": "first-attempt:503"}
+    with httpx.Client(timeout=15) as client:
+        def status(rid: str) -> int:
+            return client.get(f"{mesh.url}{RATINGS_API}", headers={**knob, "x-request-id": rid}).status_code
+
+        # without a retry policy every first attempt fails and the client sees it
+        plain = [f"{tag}-plain-{i}" for i in range(5)]
+        assert [status(rid) for rid in plain] == [503] * 5
+        with applied(mesh, "destination-rule-all.yaml", "virtual-service-ratings-retries.yaml"):
+            probes = iter(range(1_000_000))
+            wait_for(lambda: status(f"{tag}-probe-{next(probes)}") == 200, 15, "the ratings retry policy")
+            rids = [f"{tag}-{i}" for i in range(100)]
+            results = collections.Counter(status(rid) for rid in rids)
+            print(f"\n[{engine}] first attempt fails for every request id, retries on: {dict(results)}")
+            assert results == {200: 100}
+            # every request id was tried exactly twice: the injected 503, then the retry
+            wait_for(lambda: ratings_attempts(mesh, set(rids)) == {rid: 2 for rid in rids}, 10,
+                     "ratings to log two attempts per request id")
+
+
+def test_retry_on_5xx_does_not_retry_a_404(mesh: RunningMesh, engine: str) -> None:
+    tag = f"retry404-{engine}-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(timeout=15) as client, applied(
+            mesh, "destination-rule-all.yaml", "virtual-service-ratings-retry-5xx.yaml"):
+        def status(rid: str, knob: str) -> int:
+            headers = {"x-bookinfo-fail": knob, "x-request-id": rid}
+            return client.get(f"{mesh.url}{RATINGS_API}", headers=headers).status_code
+
+        probes = iter(range(1_000_000))
+        wait_for(lambda: status(f"{tag}-probe-{next(probes)}", "first-attempt:500") == 200, 15,
+                 "the ratings retryOn 5xx policy")
+        # the policy is live: a 500 every time is tried 1 + 3 times ...
+        always_500 = [f"{tag}-500-{i}" for i in range(5)]
+        assert [status(rid, "always:500") for rid in always_500] == [500] * 5
+        wait_for(lambda: ratings_attempts(mesh, set(always_500)) == {rid: 4 for rid in always_500}, 10,
+                 "four attempts per request id answered 500")
+        # ... while a 404 is not a 5xx: one attempt, and the client sees it
+        not_found = [f"{tag}-404-{i}" for i in range(5)]
+        assert [status(rid, "always:404") for rid in not_found] == [404] * 5
+        wait_for(lambda: set(ratings_attempts(mesh, set(not_found))) == set(not_found), 10,
+                 "ratings to log the 404s")
+        assert ratings_attempts(mesh, set(not_found)) == {rid: 1 for rid in not_found}
 
 
 # --------------------------------------------------------------------------- 6. mirroring
