@@ -99,6 +99,9 @@ def test_two_resources_with_one_name_are_refused():
      "listener 'l' references missing route table 'nope'"),
     ([Listener("l", "127.0.0.1", 1, "inbound", protocol="tcp", cluster="nope")],
      "listener 'l' references missing cluster 'nope'"),
+    ([Listener("l", "127.0.0.1", 1, "outbound", protocol="tcp", weighted_clusters=(
+        WeightedCluster(CLUSTER, 50), WeightedCluster("gone", 50))), Cluster(CLUSTER), EndpointSet(CLUSTER)],
+     "listener 'l' references missing cluster 'gone'"),
 ])
 def test_consistency_check_failures(resources, problem):
     with pytest.raises(ConsistencyError) as info:

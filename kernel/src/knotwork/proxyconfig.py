@@ -44,6 +44,7 @@ __all__ = [
     "Listener",
     "MirrorPolicy",
     "ProxySnapshot",
+    "RESOLUTIONS",
     "Redirect",
     "RetryPolicy",
     "Route",
@@ -51,6 +52,7 @@ __all__ = [
     "RouteMatch",
     "RouteTable",
     "Secret",
+    "ServerTls",
     "SlotError",
     "SnapshotBuilder",
     "StringMatch",
@@ -141,11 +143,15 @@ class DirectResponse:
 
 @attrs.frozen
 class Redirect:
-    """Envoy ``RedirectAction``."""
+    """Envoy ``RedirectAction``: `path` (``path_redirect``), `host` (``host_redirect``),
+    `scheme` (``scheme_redirect``; None keeps the request's) and `port`
+    (``port_redirect``; None keeps the request's, 0 drops it from the authority)."""
 
     path: str | None = None
     host: str | None = None
     status: int = 301
+    scheme: str | None = None
+    port: int | None = None
 
 
 @attrs.frozen
@@ -268,14 +274,44 @@ class RouteTable:
 
 
 @attrs.frozen
+class ServerTls:
+    """TLS a listener terminates for its clients, for one group of SNI names:
+    an Envoy filter chain whose ``filter_chain_match.server_names`` are
+    `server_names` (exact or ``*.suffix``; empty: any name, or none — the
+    fallback chain), with a ``DownstreamTlsContext`` transport socket.
+
+    `certificate` names the :class:`Secret` (certificate chain and key) the
+    proxy presents (SDS ``tls_certificate_sds_secret_configs``); `client_ca`,
+    when set, names the Secret whose trust bundle verifies the certificate
+    every client must present (``require_client_certificate``, Istio's
+    ``MUTUAL``). `min_version` / `max_version` are ``"1.2"`` or ``"1.3"``
+    (None: the engine's default, at least TLS 1.2). `alpn`: the protocols
+    offered by ALPN. A client naming no chain's server name (and with no
+    fallback chain) is refused during the handshake.
+    """
+
+    certificate: str
+    server_names: tuple[str, ...] = ()
+    client_ca: str | None = None
+    min_version: str | None = None
+    max_version: str | None = None
+    alpn: tuple[str, ...] = ("http/1.1",)
+
+
+@attrs.frozen
 class Listener:
     """Envoy ``Listener`` (LDS).
 
     `mode`: ``inbound`` (in front of the local app), ``outbound`` (a loopback
     port per TCP upstream, or the iptables capture port), ``http_proxy`` (the
     local app's ``HTTP_PROXY``, with CONNECT), ``gateway`` (ingress).
-    `protocol` ``http`` routes through `route_table`; ``tcp`` forwards to `cluster`.
+    `protocol` ``http`` routes through `route_table`; ``tcp`` forwards each
+    connection to `cluster`, or splits connections over `weighted_clusters`
+    by weight when those are given (a VirtualService ``tcp`` route).
     `authn`, `authz` and `telemetry` are the ordered strategy chains.
+    `server_tls` (gateways): TLS terminated for clients, one entry per SNI
+    group (see :class:`ServerTls`); empty: plaintext. `tls` is reserved for
+    the mesh's own mTLS mode (sidecars).
     """
 
     TYPE: ClassVar[str] = "listeners"
@@ -291,6 +327,15 @@ class Listener:
     telemetry: tuple[str, ...] = ()
     tls: Mapping[str, Any] | None = None
     extensions: tuple[Extension, ...] = ()
+    server_tls: tuple[ServerTls, ...] = ()
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+
+    def referenced_secrets(self) -> Iterable[str]:
+        """The secrets the listener's TLS names."""
+        for chain in self.server_tls:
+            yield chain.certificate
+            if chain.client_ca:
+                yield chain.client_ca
 
 
 # ── clusters (CDS) and endpoints (EDS) ──────────────────────────────────────
@@ -302,6 +347,14 @@ class Cluster:
 
     Names follow Istio: ``outbound|<port>|<subset>|<fqdn>``, ``inbound|<port>||``.
     `lb` names the LoadBalancer strategy, `tls` the upstream TLS settings.
+
+    `resolution` says how the proxy finds the hosts to send to (one of
+    :data:`RESOLUTIONS`): ``static`` — the endpoint set's addresses are IPs
+    (Envoy ``EDS``); ``dns`` — they are host names the proxy resolves (Envoy
+    ``STRICT_DNS``, the endpoint set inlined as its ``load_assignment``);
+    ``passthrough`` — no endpoints: each request goes to the host and port it
+    names (Istio's ``PassthroughCluster`` and ServiceEntry resolution ``NONE``;
+    Envoy's dynamic forward proxy), port 80 when the authority has none.
     """
 
     TYPE: ClassVar[str] = "clusters"
@@ -314,6 +367,11 @@ class Cluster:
     lb_settings: Mapping[str, Any] = attrs.field(factory=dict)
     tls: Mapping[str, Any] | None = None
     extensions: tuple[Extension, ...] = ()
+    resolution: str = "static"
+
+
+#: The values of :attr:`Cluster.resolution`.
+RESOLUTIONS = ("static", "dns", "passthrough")
 
 
 @attrs.frozen
@@ -383,7 +441,7 @@ def check_consistency(resources: Mapping[str, Mapping[str, Any]]) -> None:
     """Raise ConsistencyError unless every reference in `resources[type][name]` resolves.
 
     Every route's cluster exists; every cluster has an endpoint set; every
-    listener's route table or cluster exists. Proxies run it on what they
+    listener's route table or cluster, and every secret it names, exists. Proxies run it on what they
     received, the control plane before publishing.
     """
     clusters, endpoints = resources.get("clusters", {}), resources.get("endpoints", {})
@@ -391,11 +449,15 @@ def check_consistency(resources: Mapping[str, Mapping[str, Any]]) -> None:
     problems = [f"route table {table.name!r} references missing cluster {name!r}"
                 for table in routes.values() for name in table.referenced_clusters() if name not in clusters]
     problems += [f"cluster {name!r} has no endpoint set" for name in clusters if name not in endpoints]
+    secrets = resources.get("secrets", {})
     for listener in resources.get("listeners", {}).values():
+        problems += [f"listener {listener.name!r} references missing secret {name!r}"
+                     for name in listener.referenced_secrets() if name not in secrets]
         if listener.route_table and listener.route_table not in routes:
             problems.append(f"listener {listener.name!r} references missing route table {listener.route_table!r}")
-        if listener.cluster and listener.cluster not in clusters:
-            problems.append(f"listener {listener.name!r} references missing cluster {listener.cluster!r}")
+        for name in (listener.cluster, *(w.cluster for w in listener.weighted_clusters)):
+            if name and name not in clusters:
+                problems.append(f"listener {listener.name!r} references missing cluster {name!r}")
     if problems:
         raise ConsistencyError("; ".join(sorted(set(problems))))
 

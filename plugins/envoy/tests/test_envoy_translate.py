@@ -144,6 +144,16 @@ def test_tcp_listener_is_a_tcp_proxy() -> None:
     to_message("listeners", out)
 
 
+def test_weighted_tcp_listener_splits_in_the_tcp_proxy() -> None:
+    lis = Listener(name="outbound|tcp|db|5432", address="127.0.0.1", port=15010, mode="outbound", protocol="tcp",
+                   weighted_clusters=(WeightedCluster("outbound|5432|v1|db", 80), WeightedCluster("outbound|5432|v2|db", 20)))
+    proxy = translate("listeners", lis)["filter_chains"][0]["filters"][0]["typed_config"]
+    assert "cluster" not in proxy
+    assert proxy["weighted_clusters"] == {"clusters": [
+        {"name": "outbound|5432|v1|db", "weight": 80}, {"name": "outbound|5432|v2|db", "weight": 20}]}
+    to_message("listeners", translate("listeners", lis))
+
+
 def test_server_name_can_be_left_to_envoy() -> None:
     lis = Listener(name="in", address="127.0.0.1", port=1, mode="gateway", route_table="rt")
     hcm = translate("listeners", lis, TranslateOptions(server_name=""))["filter_chains"][0]["filters"][0]["typed_config"]

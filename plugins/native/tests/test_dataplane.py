@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import attrs
 import httpx
 import pytest
-from knotwork.proxyconfig import Listener, Route
+from knotwork.proxyconfig import Listener, Route, WeightedCluster
 
 from knotwork_native.admin import AdminServer
 from knotwork_native.dataplane import DataPlane
@@ -511,3 +511,29 @@ async def test_expect_100_continue_is_answered_by_the_proxy() -> None:
         assert head.startswith(b"HTTP/1.1 200")
         assert await asyncio.wait_for(reader.readexactly(13), 5) == b"data expect=-"
         writer.close()
+
+
+async def test_tcp_listener_splits_connections_by_weight() -> None:
+    async def named(name: bytes) -> tuple[asyncio.AbstractServer, int]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(name)
+            writer.write_eof()
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        return server, server.sockets[0].getsockname()[1]
+
+    (a, port_a), (b, port_b) = await named(b"a"), await named(b"b")
+    lis = Listener("db", "127.0.0.1", 0, "outbound", protocol="tcp",
+                   weighted_clusters=(WeightedCluster("c-a", 80), WeightedCluster("c-b", 20)))
+    res = resources(lis, clusters={"c-a": [("127.0.0.1", port_a)], "c-b": [("127.0.0.1", port_b)]})
+    counts = {b"a": 0, b"b": 0}
+    async with dataplane(res) as dp:
+        for _ in range(400):
+            reader, writer = await asyncio.open_connection("127.0.0.1", dp.port_of("db"))
+            counts[await asyncio.wait_for(reader.read(), 5)] += 1
+            writer.close()
+    a.close()
+    b.close()
+    assert 0.72 <= counts[b"a"] / 400 <= 0.88, counts  # 80 % ± 8 points: > 4 standard deviations

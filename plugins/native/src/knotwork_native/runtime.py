@@ -294,7 +294,8 @@ class RoutePlan:
 class ListenerRuntime:
     """One listener's chain: router and plans (http) or cluster (tcp), strategies."""
 
-    __slots__ = ("authn", "authz", "cluster", "clusters", "key", "listener", "name", "plans", "router", "telemetry")
+    __slots__ = ("authn", "authz", "cluster", "clusters", "key", "listener", "name", "plans", "router", "split",
+                 "telemetry")
 
     def __init__(self, listener: Listener):
         self.listener = listener
@@ -304,9 +305,17 @@ class ListenerRuntime:
         self.plans: dict[int, RoutePlan] = {}
         self.clusters: Mapping[str, ClusterRuntime] = {}
         self.cluster: ClusterRuntime | None = None
+        self.split: tuple[list[ClusterRuntime], list[int]] | None = None  # tcp: clusters and weights
         self.authn: tuple[Any, ...] = ()
         self.authz: tuple[Any, ...] = ()
         self.telemetry: tuple[Any, ...] = ()
+
+    def tcp_cluster(self) -> ClusterRuntime | None:
+        """The cluster a new tcp connection goes to: the listener's, or one drawn by weight."""
+        if self.split is None:
+            return self.cluster
+        clusters, weights = self.split
+        return random.choices(clusters, weights)[0]
 
     def plan(self, route: Route) -> RoutePlan:
         """The plan of a route the router returned (built on the fly if it is not one of ours)."""

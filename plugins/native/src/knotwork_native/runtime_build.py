@@ -62,8 +62,10 @@ def _validate_listener(lis: Listener, where: str) -> None:
         raise ValueError(f"{where}: port {lis.port} out of range")
     if lis.protocol == "http" and not lis.route_table:
         raise ValueError(f"{where}: an http listener needs a route_table")
-    if lis.protocol == "tcp" and not lis.cluster:
+    if lis.protocol == "tcp" and not (lis.cluster or lis.weighted_clusters):
         raise ValueError(f"{where}: a tcp listener needs a cluster")
+    if lis.weighted_clusters and sum(w.weight for w in lis.weighted_clusters) <= 0:
+        raise ValueError(f"{where}: weighted_clusters need a positive total weight")
     if lis.mode == "http_proxy" and lis.protocol != "http":
         raise ValueError(f"{where}: an http_proxy listener must use protocol 'http'")
     if _wants_tls(lis.tls):
@@ -133,6 +135,9 @@ def build_runtime(
             assert lis.route_table is not None
             lrt.router = rt.routers[lis.route_table]
             lrt.plans = plans_by_table[lis.route_table]
+        elif lis.weighted_clusters:
+            lrt.split = ([rt.clusters[w.cluster] for w in lis.weighted_clusters],
+                         [w.weight for w in lis.weighted_clusters])
         else:
             assert lis.cluster is not None
             lrt.cluster = rt.clusters[lis.cluster]

@@ -161,7 +161,7 @@ class TcpListenerProtocol(Pipe):
         stats["downstream_cx_total"] += 1
         stats["downstream_cx_active"] += 1
         stats["tcp_sessions_total"] += 1
-        self.task = self.dp.loop.create_task(self._connect(self.slot.rt.cluster))
+        self.task = self.dp.loop.create_task(self._connect(self.slot.rt.tcp_cluster()))
 
     async def _connect(self, crt: Any) -> None:
         try:

@@ -15,7 +15,8 @@ Sidecar inbound, per served service port ``p`` (services named
 
 Sidecar outbound: Listener ``http_proxy`` → RouteTable ``outbound`` (see
 :mod:`knotwork_routing.outbound`), and Listener ``outbound|tcp|<fqdn>|<p>``
-per TCP upstream. Gateways: see :mod:`knotwork_routing.gateway`. Every
+per TCP upstream (a VirtualService's ``tcp`` routes may split it over
+weighted clusters, see :mod:`knotwork_routing.tcproutes`). Gateways: see :mod:`knotwork_routing.gateway`. Every
 proxy gets ``outbound|<p>||<fqdn>`` for every service port, and any other
 cluster its routes name (see :mod:`knotwork_routing.clusters`).
 """
@@ -31,6 +32,7 @@ from .context import CompileContext
 from .gateway import add_gateways
 from .hosts import inbound_cluster, is_http
 from .outbound import OUTBOUND, default_route, outbound_route_table
+from .tcproutes import tcp_route
 
 __all__ = ["SLOTS", "compile_proxy", "served_services"]
 
@@ -110,7 +112,12 @@ def add_outbound(builder: SnapshotBuilder, ctx: CompileContext) -> None:
         if not host or not port_text.isdigit():
             raise ValueError(f"plugin/routing: proxy {node.id!r}: port role {key!r} is not tcp:<host>:<port>")
         fqdn, port = ctx.resolve(host, node.namespace), int(port_text)
+        split = tcp_route(ctx, fqdn, port)
+        if split is not None and len(split) == 1:
+            split, cluster = None, split[0].cluster
+        else:
+            cluster = None if split else ctx.clusters.want(fqdn, port, protocol="tcp")
         builder.add(Listener(
             name=f"outbound|tcp|{fqdn}|{port}", address=LOOPBACK, port=listen, mode="outbound", protocol="tcp",
-            cluster=ctx.clusters.want(fqdn, port, protocol="tcp"),
+            cluster=cluster, weighted_clusters=split or (),
         ))

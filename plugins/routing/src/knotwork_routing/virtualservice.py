@@ -13,7 +13,7 @@ in :mod:`knotwork_routing.httproutes`; this module decides *where* it applies:
 - for a gateway, every VirtualService bound to it contributes, in order, and
   routes of several VirtualServices for one host are merged (as Istio does).
 
-Still to come: ``tcp[]``, ``tls[]``, ``exportTo``, delegation.
+Still to come: ``tls[]``, ``exportTo``, delegation.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class BoundVirtualService:
         gateways = vs.spec.get("gateways") or [MESH]
         if not isinstance(gateways, list) or not all(isinstance(g, str) for g in gateways):
             raise ResourceError(vs, "spec.gateways", "expected a list of gateway names")
-        for key in ("tcp", "tls", "exportTo"):
+        for key in ("tls", "exportTo"):
             if key in vs.spec:
                 warn_unsupported(vs, field_path("spec", key))
         resolved = tuple(dict.fromkeys(resolve(h, vs.namespace) for h in hosts))

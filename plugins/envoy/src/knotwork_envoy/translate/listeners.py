@@ -43,7 +43,7 @@ def _check(lis: Listener, where: str) -> None:
         raise TranslationError(f"{where}: port {lis.port} out of range")
     if lis.protocol == "http" and not lis.route_table:
         raise TranslationError(f"{where}: an http listener needs a route_table")
-    if lis.protocol == "tcp" and not lis.cluster:
+    if lis.protocol == "tcp" and not (lis.cluster or lis.weighted_clusters):
         raise TranslationError(f"{where}: a tcp listener needs a cluster")
     if lis.mode == "http_proxy" and lis.protocol != "http":
         raise TranslationError(f"{where}: an http_proxy listener must use protocol 'http'")
@@ -92,8 +92,13 @@ def listener(lis: Listener, server_name: str = "knotwork") -> dict[str, Any]:
     if lis.protocol == "http":
         net = {"name": "envoy.filters.network.http_connection_manager", "typed_config": http_connection_manager(lis, server_name)}
     else:
+        if lis.weighted_clusters:
+            target: dict[str, Any] = {"weighted_clusters": {"clusters": [
+                {"name": w.cluster, "weight": w.weight} for w in lis.weighted_clusters]}}
+        else:
+            target = {"cluster": lis.cluster}
         net = {"name": "envoy.filters.network.tcp_proxy", "typed_config": typed(
-            TCP_PROXY, stat_prefix=stat_name(lis.name), cluster=lis.cluster, max_connect_attempts=TCP_CONNECT_ATTEMPTS)}
+            TCP_PROXY, stat_prefix=stat_name(lis.name), max_connect_attempts=TCP_CONNECT_ATTEMPTS, **target)}
     return {
         "name": lis.name,
         "address": socket_address(lis.address, lis.port),
