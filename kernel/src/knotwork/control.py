@@ -134,7 +134,7 @@ class ControlPlane:
         changed, counts = [], dict.fromkeys(TYPE_ORDER, 0)
         for node in proxies:
             inp = CompileInput(self.mesh.mesh, node, services, frozen_eps, frozen_res,
-                               self.mesh.selection_map(), workloads, proxies)
+                               self.mesh.selection_map(), workloads, proxies, mesh_dir=Path(self.mesh.dir))
             try:
                 snapshot = compile_proxy(self.compilers, inp)
             except Exception as exc:  # noqa: BLE001 - a failed compile keeps the last good config

@@ -20,8 +20,10 @@ from .proxyconfig import TYPE_ORDER, ProxySnapshot
 
 __all__ = ["AdsSession", "DiscoveryRequest", "Push", "ResourceCache", "SnapshotCache", "StreamStatus"]
 
-#: Types subscribed by wildcard; the others are requested by name.
-WILDCARD_TYPES = frozenset({"listeners", "clusters", "secrets"})
+#: Types subscribed by wildcard; the others are requested by name. Secrets are by
+#: name, as in Envoy's SDS: a listener naming a new secret subscribes to it and is
+#: owed a response (a proxy asking with no names gets them all).
+WILDCARD_TYPES = frozenset({"listeners", "clusters"})
 #: A re-sent parent obliges an answer to the child's next request (Envoy warming).
 _CHILD = {"clusters": "endpoints", "listeners": "routes"}
 

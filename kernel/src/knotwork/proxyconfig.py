@@ -44,7 +44,6 @@ __all__ = [
     "Listener",
     "MirrorPolicy",
     "ProxySnapshot",
-    "RESOLUTIONS",
     "Redirect",
     "RetryPolicy",
     "Route",
@@ -305,9 +304,7 @@ class Listener:
     `mode`: ``inbound`` (in front of the local app), ``outbound`` (a loopback
     port per TCP upstream, or the iptables capture port), ``http_proxy`` (the
     local app's ``HTTP_PROXY``, with CONNECT), ``gateway`` (ingress).
-    `protocol` ``http`` routes through `route_table`; ``tcp`` forwards each
-    connection to `cluster`, or splits connections over `weighted_clusters`
-    by weight when those are given (a VirtualService ``tcp`` route).
+    `protocol` ``http`` routes through `route_table`; ``tcp`` forwards to `cluster`.
     `authn`, `authz` and `telemetry` are the ordered strategy chains.
     `server_tls` (gateways): TLS terminated for clients, one entry per SNI
     group (see :class:`ServerTls`); empty: plaintext. `tls` is reserved for
@@ -328,7 +325,6 @@ class Listener:
     tls: Mapping[str, Any] | None = None
     extensions: tuple[Extension, ...] = ()
     server_tls: tuple[ServerTls, ...] = ()
-    weighted_clusters: tuple[WeightedCluster, ...] = ()
 
     def referenced_secrets(self) -> Iterable[str]:
         """The secrets the listener's TLS names."""
@@ -347,14 +343,6 @@ class Cluster:
 
     Names follow Istio: ``outbound|<port>|<subset>|<fqdn>``, ``inbound|<port>||``.
     `lb` names the LoadBalancer strategy, `tls` the upstream TLS settings.
-
-    `resolution` says how the proxy finds the hosts to send to (one of
-    :data:`RESOLUTIONS`): ``static`` — the endpoint set's addresses are IPs
-    (Envoy ``EDS``); ``dns`` — they are host names the proxy resolves (Envoy
-    ``STRICT_DNS``, the endpoint set inlined as its ``load_assignment``);
-    ``passthrough`` — no endpoints: each request goes to the host and port it
-    names (Istio's ``PassthroughCluster`` and ServiceEntry resolution ``NONE``;
-    Envoy's dynamic forward proxy), port 80 when the authority has none.
     """
 
     TYPE: ClassVar[str] = "clusters"
@@ -367,11 +355,6 @@ class Cluster:
     lb_settings: Mapping[str, Any] = attrs.field(factory=dict)
     tls: Mapping[str, Any] | None = None
     extensions: tuple[Extension, ...] = ()
-    resolution: str = "static"
-
-
-#: The values of :attr:`Cluster.resolution`.
-RESOLUTIONS = ("static", "dns", "passthrough")
 
 
 @attrs.frozen
@@ -455,9 +438,8 @@ def check_consistency(resources: Mapping[str, Mapping[str, Any]]) -> None:
                      for name in listener.referenced_secrets() if name not in secrets]
         if listener.route_table and listener.route_table not in routes:
             problems.append(f"listener {listener.name!r} references missing route table {listener.route_table!r}")
-        for name in (listener.cluster, *(w.cluster for w in listener.weighted_clusters)):
-            if name and name not in clusters:
-                problems.append(f"listener {listener.name!r} references missing cluster {name!r}")
+        if listener.cluster and listener.cluster not in clusters:
+            problems.append(f"listener {listener.name!r} references missing cluster {listener.cluster!r}")
     if problems:
         raise ConsistencyError("; ".join(sorted(set(problems))))
 

@@ -106,6 +106,9 @@ class CompileInput:
     selection: Mapping[str, Any]  # role -> selected record name(s)
     workloads: tuple[Any, ...] = ()
     proxies: tuple[ProxyNode, ...] = ()
+    #: The mesh directory: where relative paths in resources (a Gateway's certificate
+    #: files) are resolved; None when compiling outside a mesh (tests).
+    mesh_dir: Path | None = None
 
 
 @attrs.frozen
