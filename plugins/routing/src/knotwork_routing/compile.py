@@ -14,7 +14,9 @@ Sidecar inbound, per served service port ``p`` (services named
     EndpointSet inbound|p|| = 127.0.0.1:ports["app:p"]
 
 Sidecar outbound: Listener ``http_proxy`` → RouteTable ``outbound`` (see
-:mod:`knotwork_routing.outbound`), and Listener ``outbound|tcp|<fqdn>|<p>``
+:mod:`knotwork_routing.outbound`; with outboundTrafficPolicy ALLOW_ANY it ends
+with a ``*`` virtual host to Cluster ``PassthroughCluster``, see
+:mod:`knotwork_routing.egress`), and Listener ``outbound|tcp|<fqdn>|<p>``
 per TCP upstream (a VirtualService's ``tcp`` routes may split it over
 weighted clusters, see :mod:`knotwork_routing.tcproutes`). Gateways: see :mod:`knotwork_routing.gateway`. Every
 proxy gets ``outbound|<p>||<fqdn>`` for every service port, and any other
@@ -23,12 +25,14 @@ cluster its routes name (see :mod:`knotwork_routing.clusters`).
 
 from __future__ import annotations
 
-from knotwork import CompileInput, Service
+import attrs
+from knotwork import CompileInput, OutboundTrafficPolicy, Service
 from knotwork.proxyconfig import (
     Cluster, EndpointSet, LbEndpoint, Listener, RouteTable, SnapshotBuilder, VirtualHost,
 )
 
 from .context import CompileContext
+from .egress import add_passthrough, outbound_policy, passthrough_virtual_host
 from .gateway import add_gateways
 from .hosts import inbound_cluster, is_http
 from .outbound import OUTBOUND, default_route, outbound_route_table
@@ -63,7 +67,7 @@ def compile_proxy(builder: SnapshotBuilder, inp: CompileInput) -> None:
 def served_services(ctx: CompileContext) -> list[Service]:
     """The services this sidecar's workload serves: named in its metadata, in its namespace."""
     name = ctx.node.metadata.get("service")
-    return [s for s in ctx.services.values() if s.name == name and s.namespace == ctx.node.namespace]
+    return [s for s in ctx.registry.values() if s.name == name and s.namespace == ctx.node.namespace]
 
 
 def add_inbound(builder: SnapshotBuilder, ctx: CompileContext) -> None:
@@ -100,7 +104,11 @@ def add_outbound(builder: SnapshotBuilder, ctx: CompileContext) -> None:
     """The app's ``HTTP_PROXY`` listener with the outbound route table, and TCP upstream listeners."""
     node = ctx.node
     if "http_proxy" in node.ports:
-        builder.add(outbound_route_table(ctx))
+        table = outbound_route_table(ctx)
+        if outbound_policy(node, ctx.inp) is OutboundTrafficPolicy.ALLOW_ANY:  # see knotwork_routing.egress
+            table = attrs.evolve(table, virtual_hosts=(*table.virtual_hosts, passthrough_virtual_host()))
+            add_passthrough(builder, ctx.lb)
+        builder.add(table)
         builder.add(Listener(
             name="http_proxy", address=LOOPBACK, port=node.ports["http_proxy"], mode="http_proxy",
             protocol="http", route_table=OUTBOUND,
@@ -112,6 +120,8 @@ def add_outbound(builder: SnapshotBuilder, ctx: CompileContext) -> None:
         if not host or not port_text.isdigit():
             raise ValueError(f"plugin/routing: proxy {node.id!r}: port role {key!r} is not tcp:<host>:<port>")
         fqdn, port = ctx.resolve(host, node.namespace), int(port_text)
+        if fqdn in ctx.registry and fqdn not in ctx.services:
+            continue  # a service this sidecar's egress hosts leave out: no listener, as in Istio
         split = tcp_route(ctx, fqdn, port)
         if split is not None and len(split) == 1:
             split, cluster = None, split[0].cluster

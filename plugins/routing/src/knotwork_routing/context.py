@@ -11,7 +11,8 @@ from .clusters import ClusterSet
 from .destinationrule import DestinationRules
 from .hosts import resolve
 from .httproutes import RouteScope
-from .virtualservice import VirtualServices
+from .virtualservice import MESH, VirtualServices
+from .visibility import Visibility
 
 __all__ = ["CompileContext"]
 
@@ -28,30 +29,47 @@ class CompileContext:
     inp: CompileInput
     router: str
     lb: str
-    services: dict[str, Service]  # FQDN -> service, ordered by namespace then name
+    services: dict[str, Service]  # FQDN -> service this proxy sees (exportTo, Sidecar egress)
     clusters: ClusterSet
     virtual_services: VirtualServices
+    registry: dict[str, Service]  # FQDN -> every service, ordered by namespace then name
+    visibility: Visibility
 
     @classmethod
     def build(cls, inp: CompileInput) -> CompileContext:
-        """Index `inp`: services by FQDN, DestinationRules, VirtualServices, clusters."""
-        services: dict[str, Service] = {}
+        """Index `inp`: services by FQDN, DestinationRules, VirtualServices, clusters.
+
+        Only what this proxy sees is indexed (see :mod:`knotwork_routing.visibility`):
+        resources exported to its namespace and, for a sidecar scoped by a
+        Sidecar resource, the services and VirtualServices its egress hosts admit.
+        """
+        registry: dict[str, Service] = {}
         for service in sorted(inp.services, key=lambda s: (s.namespace, s.name)):
-            services.setdefault(service.fqdn(inp.mesh.domain), service)
+            registry.setdefault(service.fqdn(inp.mesh.domain), service)
+        visibility = Visibility.build(inp)
         lb = _selected(inp.selection, "load_balancer", "round_robin")
-        rules = DestinationRules(inp.resources.get("DestinationRule", ()), inp.node.namespace, inp.mesh, services)
         domain = inp.mesh.domain
 
         def resolve_known(host: str, namespace: str) -> str:
-            return resolve(host, namespace, domain, services)
+            return resolve(host, namespace, domain, registry)
 
+        virtual_services = VirtualServices(
+            visibility.resources(inp, "VirtualService"), resolve_known,
+            keep=lambda vs: visibility.admits_any(vs.resource.namespace, vs.hosts),
+        )
+        services = visibility.services(
+            registry, ((vs.resource, vs.hosts) for vs in virtual_services.bound_to(MESH)), resolve_known
+        )
+        rules = DestinationRules(visibility.resources(inp, "DestinationRule"), inp.node.namespace, inp.mesh, services)
         return cls(
             inp=inp,
             router=_selected(inp.selection, "router", "host"),
             lb=lb,
             services=services,
             clusters=ClusterSet(services, inp.endpoints, rules, lb),
-            virtual_services=VirtualServices(inp.resources.get("VirtualService", ()), resolve_known),
+            virtual_services=virtual_services,
+            registry=registry,
+            visibility=visibility,
         )
 
     @property

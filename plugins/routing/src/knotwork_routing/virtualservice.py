@@ -13,7 +13,10 @@ in :mod:`knotwork_routing.httproutes`; this module decides *where* it applies:
 - for a gateway, every VirtualService bound to it contributes, in order, and
   routes of several VirtualServices for one host are merged (as Istio does).
 
-Still to come: ``tls[]``, ``exportTo``, delegation.
+``exportTo`` and Sidecar egress hosts decide which VirtualServices a proxy
+sees (:mod:`knotwork_routing.visibility`). ``tcp`` routes: see
+:mod:`knotwork_routing.tcproutes`. Still to come:
+``tls[]``, delegation.
 """
 
 from __future__ import annotations
@@ -57,9 +60,8 @@ class BoundVirtualService:
         gateways = vs.spec.get("gateways") or [MESH]
         if not isinstance(gateways, list) or not all(isinstance(g, str) for g in gateways):
             raise ResourceError(vs, "spec.gateways", "expected a list of gateway names")
-        for key in ("tls", "exportTo"):
-            if key in vs.spec:
-                warn_unsupported(vs, field_path("spec", key))
+        if "tls" in vs.spec:
+            warn_unsupported(vs, field_path("spec", "tls"))
         resolved = tuple(dict.fromkeys(resolve(h, vs.namespace) for h in hosts))
         return cls(vs, resolved, frozenset(gateway_key(g, vs.namespace) for g in gateways))
 
@@ -67,8 +69,15 @@ class BoundVirtualService:
 class VirtualServices:
     """Every VirtualService of the mesh, parsed once per compile."""
 
-    def __init__(self, resources: Iterable[Resource], resolve: Callable[[str, str], str]) -> None:
-        self.all = tuple(BoundVirtualService.parse(vs, resolve) for vs in resources)
+    def __init__(
+        self,
+        resources: Iterable[Resource],
+        resolve: Callable[[str, str], str],
+        keep: Callable[[BoundVirtualService], bool] | None = None,
+    ) -> None:
+        """Parse `resources`; `keep` (when given) says which ones this proxy sees."""
+        parsed = (BoundVirtualService.parse(vs, resolve) for vs in resources)
+        self.all = tuple(vs for vs in parsed if keep is None or keep(vs))
 
     def bound_to(self, gateway: str) -> list[BoundVirtualService]:
         """The VirtualServices bound to `gateway` (``mesh`` or ``ns/name``), in order."""
