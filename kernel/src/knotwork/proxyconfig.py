@@ -304,7 +304,9 @@ class Listener:
     `mode`: ``inbound`` (in front of the local app), ``outbound`` (a loopback
     port per TCP upstream, or the iptables capture port), ``http_proxy`` (the
     local app's ``HTTP_PROXY``, with CONNECT), ``gateway`` (ingress).
-    `protocol` ``http`` routes through `route_table`; ``tcp`` forwards to `cluster`.
+    `protocol` ``http`` routes through `route_table`; ``tcp`` forwards each
+    connection to `cluster`, or splits connections over `weighted_clusters`
+    by weight when those are given (a VirtualService ``tcp`` route).
     `authn`, `authz` and `telemetry` are the ordered strategy chains.
     `server_tls` (gateways): TLS terminated for clients, one entry per SNI
     group (see :class:`ServerTls`); empty: plaintext. `tls` is reserved for
@@ -325,6 +327,7 @@ class Listener:
     tls: Mapping[str, Any] | None = None
     extensions: tuple[Extension, ...] = ()
     server_tls: tuple[ServerTls, ...] = ()
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
 
     def referenced_secrets(self) -> Iterable[str]:
         """The secrets the listener's TLS names."""
@@ -438,8 +441,9 @@ def check_consistency(resources: Mapping[str, Mapping[str, Any]]) -> None:
                      for name in listener.referenced_secrets() if name not in secrets]
         if listener.route_table and listener.route_table not in routes:
             problems.append(f"listener {listener.name!r} references missing route table {listener.route_table!r}")
-        if listener.cluster and listener.cluster not in clusters:
-            problems.append(f"listener {listener.name!r} references missing cluster {listener.cluster!r}")
+        for name in (listener.cluster, *(w.cluster for w in listener.weighted_clusters)):
+            if name and name not in clusters:
+                problems.append(f"listener {listener.name!r} references missing cluster {name!r}")
     if problems:
         raise ConsistencyError("; ".join(sorted(set(problems))))
 
