@@ -18,6 +18,10 @@ Semantics follow Envoy's ``RouteMatch``:
 - query matches use the first value of the parameter, undecoded.
 - ``source_labels`` must all be among the calling workload's labels.
 - ``port`` is the authority's port, else the port the request arrived on.
+
+The router files each route by its :func:`path_condition` (see
+:mod:`knotwork_routing.routeindex`) and, where the index already vouches for
+the path, tests only :func:`compile_conditions`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from typing import Any
 
 from knotwork.proxyconfig import HeaderMatch, RouteMatch
 
-__all__ = ["Predicate", "compile_match", "needs_path"]
+__all__ = ["ANY", "EXACT", "PREFIX", "REGEX", "Predicate", "compile_conditions", "compile_match", "literal_prefix",
+           "path_condition"]
 
 #: ``check(request, path_without_query) -> bool``
 Predicate = Callable[[Any, str], bool]
@@ -44,38 +49,64 @@ _PSEUDO: dict[str, _Getter] = {
 }
 
 
-def is_default(match: RouteMatch) -> bool:
-    """True when the match accepts every request: nothing but an empty or ``/`` prefix."""
-    return (
-        match.prefix in (None, "", "/") and match.path is None and match.regex is None
-        and not match.headers and not match.query and not match.source_labels and match.port is None
-    )
+#: The path condition of a match: none, exact path, string prefix, regex.
+ANY, EXACT, PREFIX, REGEX = "any", "exact", "prefix", "regex"
 
 
-def needs_path(match: RouteMatch) -> bool:
-    """True when the predicate reads the path without the query (exact path or regex)."""
-    return match.path is not None or match.regex is not None
-
-
-def compile_match(match: RouteMatch) -> Predicate | None:
-    """The predicate for `match`, or None when it matches every request."""
-    if is_default(match):
-        return None
-    checks: list[Predicate] = []
+def path_condition(match: RouteMatch) -> tuple[str, str]:
+    """`match`'s path condition as ``(kind, value)``: ``(ANY, "")`` when it has none
+    (no prefix, or an empty or ``/`` prefix), else ``(EXACT | REGEX | PREFIX, value)``,
+    in that precedence (the compiler sets one of them)."""
     if match.path is not None:
-        checks.append(_exact_path(match.path))
-    elif match.regex is not None:
-        checks.append(_regex_path(match.regex))
-    elif match.prefix not in (None, "", "/"):
-        checks.append(_prefix(match.prefix))
-    checks.extend(_header(h) for h in match.headers)
+        return EXACT, match.path
+    if match.regex is not None:
+        return REGEX, match.regex
+    if match.prefix not in (None, "", "/"):
+        return PREFIX, match.prefix
+    return ANY, ""
+
+
+_REGEX_SPECIAL = frozenset(".^$*+?{}[]\\|()")
+_QUANTIFIERS = frozenset("*+?{")
+
+
+def literal_prefix(pattern: str) -> str:
+    """A string every path the regex `pattern` fully matches starts with ("" when unknown).
+
+    Conservative: the literal characters before the first special one, less the
+    last when a quantifier follows it; nothing for a pattern with an alternation.
+    """
+    if "|" in pattern:
+        return ""
+    end = 0
+    while end < len(pattern) and pattern[end] not in _REGEX_SPECIAL:
+        end += 1
+    if end < len(pattern) and pattern[end] in _QUANTIFIERS:
+        end -= 1
+    return pattern[:max(end, 0)]
+
+
+def compile_conditions(match: RouteMatch) -> Predicate | None:
+    """The predicate for everything in `match` but its path condition (headers,
+    query, source labels, port), or None when there is nothing else to check."""
+    checks: list[Predicate] = [_header(h) for h in match.headers]
     if match.query:
         checks.append(_query(match.query))
     if match.source_labels:
         checks.append(_source_labels(match.source_labels))
     if match.port is not None:
         checks.append(_port(match.port))
-    return _all(tuple(checks))
+    return _all(tuple(checks)) if checks else None
+
+
+def compile_match(match: RouteMatch) -> Predicate | None:
+    """The predicate for `match`, or None when it matches every request."""
+    kind, value = path_condition(match)
+    rest = compile_conditions(match)
+    if kind == ANY:
+        return rest
+    path_check = {EXACT: _exact_path, REGEX: _regex_path, PREFIX: _prefix}[kind](value)
+    return path_check if rest is None else _all((path_check, rest))
 
 
 def _all(checks: tuple[Predicate, ...]) -> Predicate:

@@ -1,34 +1,34 @@
 """The ``host`` router: a compiled route table (see :class:`knotwork.protocols.Router`).
 
-Built once per route table. Per request, the virtual host is found like
-Envoy does, then its routes are tried in order and the first match wins:
+Built once per route table; nothing is compiled per request. Per request, the
+virtual host is found like Envoy does, by dict lookups, never by testing every
+domain:
 
 1. exact domain, by dict: the authority as received, then without its port;
 2. suffix wildcards (``*.example.com``), longest first, on the authority then
-   on the host without port; the wildcard matches at least one character;
-3. prefix wildcards (``example.*``), longest first, the same way;
+   on the host without port; the wildcard matches at least one character.
+   The suffixes sit in a dict, tried once per distinct suffix length;
+3. prefix wildcards (``example.*``), longest first, the same way, on the host;
 4. ``*``.
 
 Domains are compared lower-case (the engine gives the authority lower-case).
 Authorities resolved by steps 2-4 are remembered in a small cache (cleared
 when full, so clients sending random hosts cannot grow it).
-Each route is compiled once (:mod:`knotwork_routing.matching`); a virtual host
-whose first route matches everything answers without looking at the request.
+Within the virtual host the first matching route wins; it is found through a
+per-path index of the routes (:mod:`knotwork_routing.routeindex`), so only the
+routes whose path condition the request meets are tested, in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from knotwork.proxyconfig import Route, RouteTable, VirtualHost
+from knotwork.proxyconfig import Route, RouteTable
 
-from .matching import compile_match, needs_path
+from .routeindex import VHostMatcher, compile_virtual_host
 
 __all__ = ["HostRouter", "compile_virtual_host", "strip_port"]
 
-#: ``match(request) -> Route | None`` for one virtual host
-VHostMatcher = Callable[[Any], "Route | None"]
 #: At most this many authorities resolved by wildcard or ``*`` are remembered.
 CACHE_SIZE = 1024
 
@@ -41,35 +41,26 @@ def strip_port(authority: str) -> str:
     return authority
 
 
-def compile_virtual_host(vhost: VirtualHost) -> VHostMatcher:
-    """One function trying `vhost`'s routes in order; the first match wins."""
-    entries = tuple((compile_match(route.match), route) for route in vhost.routes)
-    if not entries:
-        return lambda request: None
-    if entries[0][0] is None:  # the first route matches everything
-        only = entries[0][1]
-        return lambda request: only
-    if not any(needs_path(route.match) for route in vhost.routes):
+def _longest_suffix(table: dict[str, VHostMatcher], lengths: tuple[int, ...], name: str) -> VHostMatcher | None:
+    """The matcher of the longest suffix in `table` that `name` ends with, leaving ≥ 1 character."""
+    size = len(name)
+    for length in lengths:  # descending
+        if length < size:
+            found = table.get(name[size - length:])
+            if found is not None:
+                return found
+    return None
 
-        def match(request: Any) -> Route | None:
-            for check, route in entries:
-                if check is None or check(request, ""):
-                    return route
-            return None
 
-        return match
-
-    def match_with_path(request: Any) -> Route | None:
-        path = request.path
-        q = path.find("?")
-        if q >= 0:
-            path = path[:q]
-        for check, route in entries:
-            if check is None or check(request, path):
-                return route
-        return None
-
-    return match_with_path
+def _longest_prefix(table: dict[str, VHostMatcher], lengths: tuple[int, ...], name: str) -> VHostMatcher | None:
+    """The matcher of the longest prefix in `table` that `name` starts with, leaving ≥ 1 character."""
+    size = len(name)
+    for length in lengths:  # descending
+        if length < size:
+            found = table.get(name[:length])
+            if found is not None:
+                return found
+    return None
 
 
 class HostRouter:
@@ -79,7 +70,7 @@ class HostRouter:
     domain, or a domain's wildcard is not leading, trailing or alone.
     """
 
-    __slots__ = ("_cache", "_exact", "_prefixes", "_star", "_suffixes", "name")
+    __slots__ = ("_cache", "_exact", "_prefix_lengths", "_prefixes", "_star", "_suffix_lengths", "_suffixes", "name")
 
     def __init__(self, table: RouteTable, settings: Any = None) -> None:
         self.name = table.name
@@ -109,8 +100,10 @@ class HostRouter:
                     prefixes[domain[:-1]] = matcher
                 else:
                     raise ValueError(f"route table {table.name!r}: bad wildcard domain {domain!r} in {vhost.name!r}")
-        self._suffixes = tuple(sorted(suffixes.items(), key=lambda kv: -len(kv[0])))
-        self._prefixes = tuple(sorted(prefixes.items(), key=lambda kv: -len(kv[0])))
+        self._suffixes = suffixes
+        self._suffix_lengths = tuple(sorted({len(s) for s in suffixes}, reverse=True))
+        self._prefixes = prefixes
+        self._prefix_lengths = tuple(sorted({len(p) for p in prefixes}, reverse=True))
 
     def match(self, request: Any) -> Route | None:
         """The first matching route of the request's virtual host, or None (404, flag NR)."""
@@ -135,14 +128,14 @@ class HostRouter:
             found = self._exact.get(host)
             if found is not None:
                 return found
-        for suffix, matcher in self._suffixes:
-            if len(authority) > len(suffix) and authority.endswith(suffix):
-                return matcher
-        if host is not authority:
-            for suffix, matcher in self._suffixes:
-                if len(host) > len(suffix) and host.endswith(suffix):
-                    return matcher
-        for prefix, matcher in self._prefixes:
-            if len(host) > len(prefix) and host.startswith(prefix):
-                return matcher
+        if self._suffixes:
+            found = _longest_suffix(self._suffixes, self._suffix_lengths, authority)
+            if found is None and host is not authority:
+                found = _longest_suffix(self._suffixes, self._suffix_lengths, host)
+            if found is not None:
+                return found
+        if self._prefixes:
+            found = _longest_prefix(self._prefixes, self._prefix_lengths, host)
+            if found is not None:
+                return found
         return self._star
