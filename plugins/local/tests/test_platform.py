@@ -84,7 +84,8 @@ def test_snapshot_from_a_state_document(tmp_path):
     gw = nodes["gateway~ingress"]
     assert gw.kind == "gateway" and gw.workload == "ingress" and gw.namespace == "knotwork-system"
     assert gw.labels == {"istio": "ingressgateway", "app": "knotwork-ingressgateway"}
-    assert gw.ports == {"gateway:80": up.plan.ingress, "admin": up.plan.gateway["admin"]}
+    assert gw.ports == {"gateway:80": up.plan.ingress, "gateway:443": up.plan.gateway["gateway:443"],
+                        "admin": up.plan.gateway["admin"]}
 
     assert [w.name for w in snap.workloads] == ["productpage-v1", "reviews-v1", "reviews-v2", "ingress"]
     assert snap.workloads[1].service_account == "rev"

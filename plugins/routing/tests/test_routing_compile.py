@@ -20,7 +20,7 @@ def test_compiler_record():
     (record,) = _hooks.knotwork_compilers()
     assert isinstance(record, Compiler)
     assert (record.name, record.area) == ("networking", "networking")
-    assert record.slots == frozenset({"listeners", "routes", "clusters", "endpoints"}) == SLOTS
+    assert record.slots == frozenset({"listeners", "routes", "clusters", "endpoints", "secrets"}) == SLOTS
 
 
 # ── sidecar inbound ─────────────────────────────────────────────────────────

@@ -360,13 +360,15 @@ def test_gateway_servers_sharing_a_port_share_listener():
     assert target(r.match(Req("b.example.com:8080"))) == f"outbound|9080||{fqdn('ratings')}"
 
 
-def test_https_server_is_plain_http_for_now_and_tcp_servers_skipped():
-    https = gw(port=443, protocol="HTTPS")
+def test_tcp_servers_are_skipped_and_https_needs_tls():
+    http = gw(port=443, protocol="HTTP")
     tcp = gw("t", port=31400, protocol="TCP")
     node = gateway_node({"gateway:443": 8443, "gateway:31400": 31400})
-    snap = compile_snapshot(node, BOOKINFO_SERVICES, [], [https, tcp])
+    snap = compile_snapshot(node, BOOKINFO_SERVICES, [], [http, tcp])
     assert set(snap.resources["listeners"]) == {"gateway|443"}
-    assert snap.resources["listeners"]["gateway|443"].tls is None
+    assert snap.resources["listeners"]["gateway|443"].server_tls == ()
+    with pytest.raises(ResourceError, match="an HTTPS server needs tls mode SIMPLE or MUTUAL"):
+        compile_snapshot(node, BOOKINFO_SERVICES, [], [gw(port=443, protocol="HTTPS")])
 
 
 def test_empty_selector_selects_every_gateway():

@@ -100,7 +100,8 @@ class PortPlan:
 
     `instances[<instance>]` has ``admin``, ``http_proxy``, ``inbound:<p>`` and
     ``app:<p>`` per service port, ``tcp:<fqdn>:<port>`` per TCP upstream;
-    `gateway` has ``gateway:80`` (the ingress) and ``admin``.
+    `gateway` has ``gateway:80`` (the ingress), ``gateway:443`` (where a
+    Gateway server on port 443, usually HTTPS, listens) and ``admin``.
     """
 
     control: int
@@ -127,7 +128,7 @@ def plan_ports(settings: LocalSettings, *, domain: str = "cluster.local", ingres
     wanted = ingress_port if ingress_port is not None else settings.ingress.port
     ingress = alloc.claim(wanted) if wanted else alloc.take()
     control = alloc.take()
-    gateway = {"gateway:80": ingress, "admin": alloc.take()}
+    gateway = {"gateway:80": ingress, "gateway:443": alloc.take(), "admin": alloc.take()}
     instances: dict[str, dict[str, int]] = {}
     for w in settings.workloads:
         for name in w.instance_names():

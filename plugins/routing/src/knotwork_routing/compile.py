@@ -40,8 +40,8 @@ from .tcproutes import tcp_route
 
 __all__ = ["SLOTS", "compile_proxy", "served_services"]
 
-#: The resource types this compiler creates.
-SLOTS = frozenset({"listeners", "routes", "clusters", "endpoints"})
+#: The resource types this compiler creates (secrets: a Gateway's certificates, read from files).
+SLOTS = frozenset({"listeners", "routes", "clusters", "endpoints", "secrets"})
 LOOPBACK = "127.0.0.1"
 
 
