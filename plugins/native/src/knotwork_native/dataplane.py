@@ -180,8 +180,11 @@ class DataPlane:
         else:
             def factory() -> asyncio.Protocol:
                 return DownstreamProtocol(slot, shared)
+        # TLS: one listening context whose SNI callback follows the slot's current runtime (see .downstream_tls)
+        ssl_context = lrt.tls.listening_context(lambda: slot.rt.tls) if lrt.tls is not None else None
         try:
-            server = await shared.loop.create_server(factory, lis.address, lis.port, reuse_address=True, backlog=1024)
+            server = await shared.loop.create_server(factory, lis.address, lis.port, reuse_address=True, backlog=1024,
+                                                     ssl=ssl_context)
         except OSError as exc:
             raise ValueError(f"listener {lis.name!r}: cannot listen on {lis.address}:{lis.port}: {exc.strerror or exc}") from exc
         slot.server = server
@@ -247,6 +250,7 @@ class DataPlane:
                     "name": name, "address": slot.rt.listener.address, "port": slot.port,
                     "configured_port": slot.rt.listener.port, "mode": slot.rt.listener.mode,
                     "protocol": slot.rt.listener.protocol, "connections": len(slot.connections),
+                    "tls": slot.rt.tls is not None,
                 }
                 for name, slot in sorted(self.slots.items())
             ],

@@ -19,6 +19,7 @@ from typing import Any
 import httptools
 
 from . import flags
+from .downstream_tls import TlsPlan
 from .http1_exchange import Exchange
 from .tcp import start_tunnel
 
@@ -107,6 +108,16 @@ class DownstreamProtocol(asyncio.Protocol):
     # ── asyncio.Protocol ─────────────────────────────────────────────────
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:  # a listener terminating TLS: the handshake is done
+            self.tls = True
+            self.xfp_line = b"x-forwarded-proto: https\r\n"
+            self.fwd_lines = b"x-forwarded-for: \r\n" + self.xfp_line
+            if TlsPlan.refusal(ssl_object) is not None:
+                self.closed = True
+                self.dp.stats["downstream_cx_tls_refused"] += 1
+                transport.close()
+                return
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         if peer:
@@ -140,6 +151,8 @@ class DownstreamProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed and self not in self.slot.connections:  # refused in connection_made
+            return
         self.closed = True
         self.slot.connections.discard(self)
         self.dp.stats["downstream_cx_active"] -= 1

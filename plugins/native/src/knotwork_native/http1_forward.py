@@ -254,8 +254,13 @@ class Forwarding:
             return self.reply(status, "-", "", exact=body)
         redirect = plan.redirect
         assert redirect is not None
-        scheme = "https" if self.proto.tls else "http"
-        location = f"{scheme}://{redirect.host or self.authority}{redirect.path or self.path}"
+        scheme = redirect.scheme or ("https" if self.proto.tls else "http")
+        authority = redirect.host or self.authority
+        if redirect.port is not None:  # 0: no port in the location (the scheme's default)
+            name, colon, port = authority.rpartition(":")
+            host = name if colon and port.isdigit() else authority
+            authority = host if redirect.port == 0 else f"{host}:{redirect.port}"
+        location = f"{scheme}://{authority}{redirect.path or self.path}"
         return self.reply(redirect.status, "-", "", headers=b"location: %s\r\n" % location.encode("latin-1"), exact=b"")
 
     # ── route policies: CORS, fault injection, mirroring (routes that have them only) ──

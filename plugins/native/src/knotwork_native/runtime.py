@@ -292,15 +292,21 @@ class RoutePlan:
 
 
 class ListenerRuntime:
-    """One listener's chain: router and plans (http) or cluster (tcp), strategies."""
+    """One listener's chain: router and plans (http) or cluster (tcp), strategies; `tls`:
+    the :class:`~knotwork_native.downstream_tls.TlsPlan` of a listener terminating TLS.
+
+    `key` decides whether a bound listener is kept across configs: a change of
+    its TLS chains (not of their secrets' content) rebinds it.
+    """
 
     __slots__ = ("authn", "authz", "cluster", "clusters", "key", "listener", "name", "plans", "router", "split",
-                 "telemetry")
+                 "telemetry", "tls")
 
     def __init__(self, listener: Listener):
         self.listener = listener
         self.name = listener.name
-        self.key = (listener.address, listener.port, listener.mode, listener.protocol)
+        self.key = (listener.address, listener.port, listener.mode, listener.protocol, listener.server_tls)
+        self.tls: Any = None
         self.router: Any = None
         self.plans: dict[int, RoutePlan] = {}
         self.clusters: Mapping[str, ClusterRuntime] = {}

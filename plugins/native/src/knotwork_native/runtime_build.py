@@ -13,6 +13,7 @@ from typing import Any
 from knotwork.proxyconfig import EndpointSet, Listener, RouteTable, check_consistency
 from knotwork.records import ProxyContext, Strategy
 
+from .downstream_tls import build_tls_plan
 from .runtime import ClusterRuntime, ListenerRuntime, RoutePlan, Runtime
 
 __all__ = ["LISTENER_MODES", "LISTENER_PROTOCOLS", "build_runtime"]
@@ -131,6 +132,10 @@ def build_runtime(
         seen[(lis.address, lis.port)] = name
         lrt = ListenerRuntime(lis)
         lrt.clusters = rt.clusters
+        if lis.server_tls:
+            if lis.protocol != "http":
+                raise ValueError(f"{where}: server_tls: TLS is terminated on http listeners only")
+            lrt.tls = build_tls_plan(lis.server_tls, resources.get("secrets", {}), where)
         if lis.protocol == "http":
             assert lis.route_table is not None
             lrt.router = rt.routers[lis.route_table]
