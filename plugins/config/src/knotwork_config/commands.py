@@ -4,6 +4,11 @@ The file is validated here first (exit 2 with one line per problem, no
 mesh needed); then it is sent to the control plane's config socket, which
 checks it again against everything else it holds (conflicts with config/
 files) and accepts it whole or not at all. No running mesh: one line, exit 1.
+
+`knotwork analyze [DIR] [-f FILE]`: the mesh's resources checked like
+``istioctl analyze`` (see :mod:`knotwork_config.analyze`); exit
+:data:`ANALYZE_ISSUES` (79, istioctl's) when a finding reaches
+``--failure-threshold``, 2 for a directory that is not a mesh.
 """
 
 from __future__ import annotations
@@ -15,14 +20,19 @@ from typing import Any
 
 import anyio
 
-from knotwork.config import STATE_DIR, find_mesh_file
+from knotwork.config import STATE_DIR, find_mesh_file, load_mesh
+from knotwork.control import admin_call
 from knotwork.records import CliCommand
 from knotwork.wire import JSONCodec
 
 from .parse import ConfigError, parse_resources
+from .settings import FilesSettings
 from .source import CONFIG_METHOD, CONFIG_SOCKET
 
-__all__ = ["COMMANDS", "NotRunning", "call"]
+__all__ = ["ANALYZE_ISSUES", "COMMANDS", "NotRunning", "call"]
+
+#: Exit status of `analyze` when findings reach the failure threshold (istioctl's AnalyzerFoundIssues).
+ANALYZE_ISSUES = 79
 
 TIMEOUT = 10.0
 
@@ -111,9 +121,88 @@ def run_delete(args: argparse.Namespace) -> int:
     return _run(args, "delete")
 
 
+def configure_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", nargs="?", metavar="DIR", help="mesh directory or file (default: the current directory)")
+    p.add_argument("-f", "--filename", action="append", default=[], metavar="FILE",
+                   help="also analyze these resources as if applied now (file, folder of *.yaml, or - for stdin; "
+                        "repeatable)")
+    p.add_argument("-n", "--namespace", help="namespace of -f resources that name none (default: default)")
+    p.add_argument("--use-mesh", "--use-kube", dest="use_mesh", choices=("auto", "true", "false"), default="auto",
+                   help="take services, gateway workloads and platform resources from the running mesh: auto "
+                        "(when it runs), true (it must run) or false (files only, like istioctl --use-kube=false)")
+    p.add_argument("-o", "--output", choices=("log", "json", "yaml"), default="log")
+    p.add_argument("--output-threshold", choices=("Info", "Warning", "Error"), default="Info",
+                   help="lowest level printed (default Info)")
+    p.add_argument("--failure-threshold", choices=("Info", "Warning", "Error"), default="Error",
+                   help=f"lowest level that makes the exit status {ANALYZE_ISSUES} (default Error)")
+
+
+def _extra_files(names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(name, text) of every -f file (folders: their *.yaml/*.yml, recursively), and the read problems."""
+    out, problems = [], []
+    for name in names:
+        path = Path(name)
+        paths = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()) \
+            if name != "-" and path.is_dir() else [path]
+        for p in paths:
+            shown = name if p == path else str(p)
+            try:
+                out.append((shown, _read(shown)))
+            except ConfigError as exc:
+                problems += exc.problems
+    return out, problems
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from .analyze import Level, load_inputs, render
+    from .analyzers import OFFLINE_SKIPPED, run_all
+
+    target = args.dir or "."
+    mesh_file = find_mesh_file(target)
+    if not mesh_file.is_file():
+        print(f"knotwork analyze: {target}: expected a mesh directory (with knotwork.yaml) or mesh file, "
+              f"got {'a directory without knotwork.yaml' if Path(target).is_dir() else 'no such file'}",
+              file=sys.stderr)
+        return 2
+    mesh = load_mesh(mesh_file, args.hooks)  # a bad mesh file: MeshError, exit 2
+    extra, problems = _extra_files(args.filename)
+    if problems:
+        for line in problems:
+            print(f"knotwork analyze: {line}", file=sys.stderr)
+        return 2
+    registry = None
+    if args.use_mesh != "false":
+        try:
+            registry = anyio.run(admin_call, mesh.state_dir, "registry")
+        except (OSError, TimeoutError) as exc:
+            if args.use_mesh == "true":
+                print(f"knotwork analyze: the mesh is not running ({exc}); start it with `knotwork up` "
+                      f"or use --use-mesh=false", file=sys.stderr)
+                return 1
+        if registry is not None and "services" not in registry:  # a control plane without the method
+            registry = None
+    if registry is None:
+        why = "--use-mesh=false" if args.use_mesh == "false" else "the mesh is not running"
+        print(f"Info: {why}: checks of {', '.join(OFFLINE_SKIPPED)} skipped; analyzing files only", file=sys.stderr)
+    settings = mesh.settings.get("files")
+    folder = settings.directory if isinstance(settings, FilesSettings) else FilesSettings().directory
+    inputs = load_inputs(mesh.dir, mesh.state_dir, mesh.mesh, folder, extra=extra,
+                         namespace=args.namespace or "default", forced_namespace=args.namespace is not None,
+                         registry=registry)
+    findings = run_all(inputs)
+    shown = [f for f in findings if f.level >= Level[args.output_threshold]]
+    if shown or args.output != "log":
+        print(render(shown, args.output))
+    else:
+        print(f"No validation issues found when analyzing {target}.", file=sys.stderr)
+    return ANALYZE_ISSUES if any(f.level >= Level[args.failure_threshold] for f in findings) else 0
+
+
 COMMANDS = [
     CliCommand(name="apply", help="create or update Istio resources in the running mesh (whole file or nothing)",
                configure=configure, run=run_apply),
     CliCommand(name="delete", help="delete resources created with `knotwork apply`",
                configure=configure, run=run_delete),
+    CliCommand(name="analyze", help="check the mesh's Istio resources like `istioctl analyze` (exit 79 on errors)",
+               configure=configure_analyze, run=run_analyze),
 ]
