@@ -44,6 +44,7 @@ __all__ = [
     "Listener",
     "MirrorPolicy",
     "ProxySnapshot",
+    "RESOLUTIONS",
     "Redirect",
     "RetryPolicy",
     "Route",
@@ -346,6 +347,14 @@ class Cluster:
 
     Names follow Istio: ``outbound|<port>|<subset>|<fqdn>``, ``inbound|<port>||``.
     `lb` names the LoadBalancer strategy, `tls` the upstream TLS settings.
+
+    `resolution` says how the proxy finds the hosts to send to (one of
+    :data:`RESOLUTIONS`): ``static`` — the endpoint set's addresses are IPs
+    (Envoy ``EDS``); ``dns`` — they are host names the proxy resolves (Envoy
+    ``STRICT_DNS``, the endpoint set inlined as its ``load_assignment``);
+    ``passthrough`` — no endpoints: each request goes to the host and port it
+    names (Istio's ``PassthroughCluster`` and ServiceEntry resolution ``NONE``;
+    Envoy's dynamic forward proxy), port 80 when the authority has none.
     """
 
     TYPE: ClassVar[str] = "clusters"
@@ -358,6 +367,11 @@ class Cluster:
     lb_settings: Mapping[str, Any] = attrs.field(factory=dict)
     tls: Mapping[str, Any] | None = None
     extensions: tuple[Extension, ...] = ()
+    resolution: str = "static"
+
+
+#: The values of :attr:`Cluster.resolution`.
+RESOLUTIONS = ("static", "dns", "passthrough")
 
 
 @attrs.frozen
@@ -462,6 +476,8 @@ class ProxySnapshot:
 
     @classmethod
     def build(cls, resources: Iterable[Any]) -> ProxySnapshot:
+        """Version every resource by its content; a ``dns`` cluster's version covers its endpoint
+        set too, since engines that resolve names inline those endpoints in the cluster (Envoy)."""
         by_type: dict[str, dict[str, Any]] = {t: {} for t in TYPE_ORDER}
         versions: dict[str, dict[str, str]] = {t: {} for t in TYPE_ORDER}
         for res in resources:
@@ -469,6 +485,10 @@ class ProxySnapshot:
                 raise ConsistencyError(f"two {res.TYPE} named {res.name!r}")
             by_type[res.TYPE][res.name] = res
             versions[res.TYPE][res.name] = content_version(res)
+        for name, cluster in by_type["clusters"].items():
+            if cluster.resolution == "dns" and name in versions["endpoints"]:
+                both = versions["clusters"][name] + versions["endpoints"][name]
+                versions["clusters"][name] = hashlib.sha256(both.encode()).hexdigest()[:16]
         digest = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
         return cls(by_type, versions, digest)
 

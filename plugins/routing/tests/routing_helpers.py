@@ -7,13 +7,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
-from knotwork import CompileInput, Endpoint, MeshSettings, Protocol, ProxyNode, Resource, Service, ServicePort
+from knotwork import (
+    CompileInput, Endpoint, MeshSettings, OutboundTrafficPolicy, Protocol, ProxyNode, Resource, Service, ServicePort,
+)
 from knotwork.proxyconfig import ProxySnapshot, SnapshotBuilder
 
 from knotwork_routing import SLOTS, HostRouter, compile_proxy
 
 DOMAIN = "cluster.local"
 SELECTION = {"router": "host", "load_balancer": "round_robin"}
+#: Tests compile with REGISTRY_ONLY unless they say otherwise, so an outbound table holds
+#: exactly what the registry names (the mesh default, ALLOW_ANY, adds a ``*`` passthrough).
+MESH = MeshSettings(outbound_traffic_policy=OutboundTrafficPolicy.REGISTRY_ONLY)
 
 
 def fqdn(name: str, ns: str = "default") -> str:
@@ -55,6 +60,7 @@ def compile_input(
     endpoints: Iterable[Endpoint] = (),
     resources: Iterable[Resource] = (),
     selection: Mapping[str, Any] = SELECTION,
+    mesh: MeshSettings = MESH,
 ) -> CompileInput:
     eps: dict[tuple[str, int], list[Endpoint]] = defaultdict(list)
     for ep in endpoints:
@@ -63,7 +69,7 @@ def compile_input(
     for r in resources:
         res[r.kind].append(r)
     return CompileInput(
-        mesh=MeshSettings(), node=node, services=tuple(services),
+        mesh=mesh, node=node, services=tuple(services),
         endpoints={k: tuple(v) for k, v in eps.items()}, resources={k: tuple(v) for k, v in res.items()},
         selection=dict(selection),
     )

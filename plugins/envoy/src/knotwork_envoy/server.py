@@ -126,9 +126,9 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
                 await server.wait_closed()
 
     # ── encoding ─────────────────────────────────────────────────────────
-    def _encode(self, type_key: str, name: str, resource: Any, tunnels: bool = False) -> Any:
+    def _encode(self, type_key: str, name: str, resource: Any, tunnels: bool = False, endpoints: Any = None) -> Any:
         try:
-            packed = pack(type_key, resource, self.options, tunnels=tunnels)
+            packed = pack(type_key, resource, self.options, tunnels=tunnels, endpoints=endpoints)
         except TranslationError as exc:
             self.errors[(type_key, name)] = str(exc)
             log.error("resource cannot be translated to Envoy config; not sent", type=type_key, name=name, error=str(exc))
@@ -152,8 +152,10 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
         resources = []
         for name in sorted(push.resources):
             tunnel = name in tunnels
+            # a dns cluster inlines its endpoint set (its version covers both, see ProxySnapshot.build)
+            eps = snap.resources["endpoints"].get(name) if push.type == "clusters" else None
             packed = self.encoded.get((push.type, name, versions[name] + ("+connect" if tunnel else "")),
-                                      lambda n=name, t=tunnel: self._encode(push.type, n, push.resources[n], t))
+                                      lambda n=name, t=tunnel, e=eps: self._encode(push.type, n, push.resources[n], t, e))
             if packed is not None:
                 resources.append(packed)
         self.responses += 1

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from knotwork.proxyconfig import EndpointSet, Listener, RouteTable, check_consistency
+from knotwork.proxyconfig import RESOLUTIONS, EndpointSet, Listener, RouteTable, check_consistency
 from knotwork.records import ProxyContext, Strategy
 
 from .downstream_tls import build_tls_plan
+from .passthrough import PassthroughBalancer
 from .runtime import ClusterRuntime, ListenerRuntime, RoutePlan, Runtime
 
 __all__ = ["LISTENER_MODES", "LISTENER_PROTOCOLS", "build_runtime"]
@@ -97,11 +98,16 @@ def build_runtime(
             raise ValueError(f"{where}: upstream TLS {dict(cluster.tls or {})} is not supported by the native data plane yet")
         if cluster.connect_timeout <= 0:
             raise ValueError(f"{where}: connect_timeout must be > 0")
+        if cluster.resolution not in RESOLUTIONS:
+            raise ValueError(f"{where}: resolution {cluster.resolution!r} is not one of {list(RESOLUTIONS)}")
         endpoints = tuple(endpoint_sets[name].endpoints)
         old = old_clusters.get(name)
         if old is not None and old.resource == cluster:
             balancer = old.balancer
             reuse = True
+        elif cluster.resolution == "passthrough":  # the request names its destination (see .passthrough)
+            balancer = PassthroughBalancer()
+            reuse = False
         else:
             balancer = _make(ctx, "load_balancers", cluster.lb, cluster, where)
             reuse = False

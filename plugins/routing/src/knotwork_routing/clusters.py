@@ -5,7 +5,8 @@ routes refer to — plus one per service port — and emits each with its
 :class:`EndpointSet` at the end, so the snapshot is always consistent: a
 destination that is not a known service, or a subset no DestinationRule
 defines, gets a cluster with no endpoints (requests to it fail with 503, as
-in Istio).
+in Istio). ServiceEntry hosts are services here too; their clusters carry the
+entry's resolution (``static``, ``dns`` or ``passthrough``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from knotwork.proxyconfig import Cluster, EndpointSet, LbEndpoint, SnapshotBuild
 
 from .destinationrule import DestinationRules
 from .hosts import is_http, outbound_cluster
+from .serviceentry import is_external
 
 __all__ = ["ClusterSet", "PortError", "lb_endpoint"]
 
@@ -93,7 +95,9 @@ class ClusterSet:
         """Add every recorded cluster and its endpoint set to `builder`."""
         for name, (fqdn, port, subset, protocol) in self._wanted.items():
             lb = self._rules.load_balancer(fqdn, port, subset) or self._lb
-            builder.add(Cluster(name=name, service=fqdn, port=port, protocol=protocol, lb=lb))
+            service = self._services.get(fqdn)
+            resolution = service.resolution if is_external(service) else "static"  # type: ignore[union-attr]
+            builder.add(Cluster(name=name, service=fqdn, port=port, protocol=protocol, lb=lb, resolution=resolution))
             builder.add(EndpointSet(name=name, endpoints=self._lb_endpoints(fqdn, port, subset)))
 
     def _lb_endpoints(self, fqdn: str, port: int, subset: str) -> tuple[LbEndpoint, ...]:

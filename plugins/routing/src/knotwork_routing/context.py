@@ -11,6 +11,7 @@ from .clusters import ClusterSet
 from .destinationrule import DestinationRules
 from .hosts import resolve
 from .httproutes import RouteScope
+from .serviceentry import ServiceEntries
 from .virtualservice import MESH, VirtualServices
 from .visibility import Visibility
 
@@ -47,6 +48,8 @@ class CompileContext:
         for service in sorted(inp.services, key=lambda s: (s.namespace, s.name)):
             registry.setdefault(service.fqdn(inp.mesh.domain), service)
         visibility = Visibility.build(inp)
+        # ServiceEntry hosts are services too (a platform service keeps its name)
+        endpoints = ServiceEntries(visibility.resources(inp, "ServiceEntry")).merge_into(registry, inp.endpoints)
         lb = _selected(inp.selection, "load_balancer", "round_robin")
         domain = inp.mesh.domain
 
@@ -66,7 +69,7 @@ class CompileContext:
             router=_selected(inp.selection, "router", "host"),
             lb=lb,
             services=services,
-            clusters=ClusterSet(services, inp.endpoints, rules, lb),
+            clusters=ClusterSet(services, endpoints, rules, lb),
             virtual_services=virtual_services,
             registry=registry,
             visibility=visibility,

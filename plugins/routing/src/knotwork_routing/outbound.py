@@ -8,6 +8,11 @@ port (a bare ``Host: reviews`` cannot say which port it meant). Its default
 route sends everything to ``outbound|<port>||<fqdn>``; a mesh VirtualService
 for the host replaces it. VirtualService hosts that are not services get a
 virtual host of their own.
+
+ServiceEntry hosts (:mod:`knotwork_routing.serviceentry`) answer to the host
+as written, with and without port like services; their non-HTTP ports (TLS,
+TCP, …) get a virtual host ``host:port`` too, so an app can reach them with
+``CONNECT`` through its HTTP proxy (HTTPS to an external host).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from knotwork.proxyconfig import Route, RouteAction, RouteTable, VirtualHost, We
 from .context import CompileContext
 from .hosts import is_http
 from .httproutes import http_routes
+from .serviceentry import is_external
 from .virtualservice import MESH, BoundVirtualService, owner_of
 
 __all__ = ["OUTBOUND", "outbound_route_table", "service_domains"]
@@ -29,6 +35,9 @@ OUTBOUND = "outbound"
 
 def service_domains(service: Service, port: int, client_namespace: str, domain: str, portless: bool) -> list[str]:
     """The domains of one service port, as seen from `client_namespace`."""
+    if is_external(service):  # a ServiceEntry host: as written only
+        names = [service.fqdn(domain)]
+        return [*names, f"{names[0]}:{port}"] if portless else [f"{names[0]}:{port}"]
     names = [service.fqdn(domain), f"{service.name}.{service.namespace}.svc", f"{service.name}.{service.namespace}"]
     if service.namespace == client_namespace:
         names.append(service.name)
@@ -68,15 +77,16 @@ def _service_hosts(
     for fqdn, service in ctx.services.items():
         portless = _portless_port(service)
         vs = owner_of(fqdn, owners)
+        external = is_external(service)
         for sp in sorted(service.ports, key=lambda p: p.port):
-            if not is_http(sp.protocol):
+            if not is_http(sp.protocol) and not external:
                 continue
             names = service_domains(service, sp.port, ctx.node.namespace, ctx.domain, sp.port == portless)
             domains = tuple(d for d in names if d not in used)
             if not domains:
                 continue
             used.update(domains)
-            if vs is None:
+            if vs is None or not is_http(sp.protocol):  # a ServiceEntry's TCP/TLS port: CONNECT only
                 routes: tuple[Route, ...] = (default_route(ctx.clusters.want(fqdn, sp.port)),)
             else:
                 routes = tuple(http_routes(vs.resource, ctx.scope(MESH, sp.port)))

@@ -14,7 +14,9 @@ from typing import Any
 import attrs
 
 # The typed configs nested in resources must be importable for Any to (un)pack them.
+import envoy_data_plane.envoy.extensions.clusters.dynamic_forward_proxy.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.cors.v3  # noqa: F401
+import envoy_data_plane.envoy.extensions.filters.http.dynamic_forward_proxy.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.fault.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.router.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3  # noqa: F401
@@ -71,17 +73,18 @@ class TranslateOptions:
 
 
 def translate(type_key: str, resource: Any, options: TranslateOptions = TranslateOptions(), *,
-              tunnels: bool = False) -> dict[str, Any]:
+              tunnels: bool = False, endpoints: Any = None) -> dict[str, Any]:
     """The Envoy form (proto-JSON) of one compiled resource of type `type_key`.
 
     `tunnels` (route tables only): the table serves an ``http_proxy`` listener.
+    `endpoints` (clusters only): the cluster's endpoint set, inlined by ``dns`` clusters.
     """
     if type_key == "listeners":
         return listener(resource, options.server_name)
     if type_key == "routes":
         return route_configuration(resource, tunnels)
     if type_key == "clusters":
-        return cluster(resource)
+        return cluster(resource, endpoints)
     if type_key == "endpoints":
         return cluster_load_assignment(resource)
     if type_key == "secrets":
@@ -99,12 +102,12 @@ def to_message(type_key: str, config: dict[str, Any]) -> Any:
 
 
 def pack(type_key: str, resource: Any, options: TranslateOptions = TranslateOptions(), *,
-         tunnels: bool = False) -> AnyMessage:
+         tunnels: bool = False, endpoints: Any = None) -> AnyMessage:
     """Translate, validate and pack one resource for a DiscoveryResponse.
 
     Endpoints take a direct encoder (:mod:`.fastwire`): they change most often.
     """
-    config = translate(type_key, resource, options, tunnels=tunnels)
+    config = translate(type_key, resource, options, tunnels=tunnels, endpoints=endpoints)
     if type_key == "endpoints":
         try:
             return AnyMessage(type_url=TYPE_URLS[type_key], value=encode_cluster_load_assignment(config))

@@ -4,27 +4,59 @@
 Clusters behave as the native engine's: only healthy endpoints are picked
 (Envoy's panic mode, which would send to unhealthy ones, is off), and no
 circuit breaking (Envoy's default limits of 1024 become unlimited).
+
+By ``resolution``: ``static`` clusters get their endpoints over EDS; ``dns``
+clusters are ``STRICT_DNS`` with their endpoint set inlined as the
+``load_assignment`` (EDS endpoints must be IPs), IPv4 first; ``passthrough``
+clusters are dynamic forward proxy clusters (``CLUSTER_PROVIDED``), whose
+host the ``envoy.filters.http.dynamic_forward_proxy`` filter of outbound and
+gateway listeners takes from the request's authority (port 80 when absent).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from knotwork.proxyconfig import Cluster, EndpointSet, Secret
+from knotwork.proxyconfig import RESOLUTIONS, Cluster, EndpointSet, Secret
 
 from .common import ADS, TranslationError, duration, socket_address, typed
 
-__all__ = ["LB_POLICIES", "cluster", "cluster_load_assignment", "secret"]
+__all__ = ["DFP_FILTER", "DNS_CACHE", "LB_POLICIES", "cluster", "cluster_load_assignment", "secret"]
 
 #: The balancer names Envoy carries out, and how.
 LB_POLICIES = {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST", "random": "RANDOM"}
 UNLIMITED = 4294967295
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _H2 = frozenset({"http2", "grpc", "h2", "h2c"})
+DFP_CLUSTER = "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"
+#: The HTTP filter that resolves a passthrough cluster's host (see :mod:`.listeners`).
+DFP_FILTER = "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig"
+#: Names resolve to IPv4 first (a loopback mesh listens on 127.0.0.1; ``localhost`` may also be ::1).
+DNS_LOOKUP_FAMILY = "V4_PREFERRED"
+#: The DNS cache shared by the filter and every passthrough cluster: one name, one config.
+DNS_CACHE: dict[str, Any] = {"name": "knotwork_passthrough", "dns_lookup_family": DNS_LOOKUP_FAMILY}
 
 
-def cluster(c: Cluster) -> dict[str, Any]:
-    """The CDS resource of `c` (proto-JSON); raises TranslationError."""
+def _resolution(c: Cluster, endpoints: EndpointSet | None, where: str) -> dict[str, Any]:
+    """How Envoy finds the cluster's hosts (see the module docstring)."""
+    if c.resolution == "static":
+        return {"type": "EDS", "eds_cluster_config": {"eds_config": ADS, "service_name": c.name}}
+    if c.resolution == "dns":
+        if endpoints is None:
+            raise TranslationError(f"{where}: resolution dns: the cluster's endpoint set is needed to inline it")
+        return {"type": "STRICT_DNS", "dns_lookup_family": DNS_LOOKUP_FAMILY,
+                "load_assignment": cluster_load_assignment(endpoints, c.name)}
+    if c.resolution == "passthrough":
+        return {"cluster_type": {"name": "envoy.clusters.dynamic_forward_proxy",
+                                 "typed_config": typed(DFP_CLUSTER, dns_cache_config=DNS_CACHE)}}
+    raise TranslationError(f"{where}: resolution {c.resolution!r} is not one of {list(RESOLUTIONS)}")
+
+
+def cluster(c: Cluster, endpoints: EndpointSet | None = None) -> dict[str, Any]:
+    """The CDS resource of `c` (proto-JSON); raises TranslationError.
+
+    `endpoints`: the cluster's endpoint set, needed by ``dns`` clusters only.
+    """
     where = f"cluster {c.name!r}"
     if c.lb not in LB_POLICIES:
         raise TranslationError(f"{where}: lb: balancer {c.lb!r} has no Envoy equivalent (envoy supports {', '.join(LB_POLICIES)})")
@@ -34,19 +66,19 @@ def cluster(c: Cluster) -> dict[str, Any]:
         raise TranslationError(f"{where}: tls: upstream TLS is not supported by the envoy engine yet")
     for ext in c.extensions:
         raise TranslationError(f"{where}: extension {ext.name!r} (plugin {ext.plugin!r}) is not supported by the envoy engine")
+    passthrough = c.resolution == "passthrough"
     out: dict[str, Any] = {
         "name": c.name,
-        "type": "EDS",
-        "eds_cluster_config": {"eds_config": ADS, "service_name": c.name},
+        **_resolution(c, endpoints, where),
         "connect_timeout": duration(c.connect_timeout),
-        "lb_policy": LB_POLICIES[c.lb],
+        "lb_policy": "CLUSTER_PROVIDED" if passthrough else LB_POLICIES[c.lb],
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         "circuit_breakers": {"thresholds": [{
             "max_connections": UNLIMITED, "max_pending_requests": UNLIMITED,
             "max_requests": UNLIMITED, "max_retries": UNLIMITED,
         }]},
     }
-    if c.lb == "least_request":
+    if c.lb == "least_request" and not passthrough:
         out["least_request_lb_config"] = {"choice_count": int(c.lb_settings.get("choice_count", 2))}
     if c.protocol.lower() in _H2:
         out["typed_extension_protocol_options"] = {
@@ -55,8 +87,8 @@ def cluster(c: Cluster) -> dict[str, Any]:
     return out
 
 
-def cluster_load_assignment(e: EndpointSet) -> dict[str, Any]:
-    """The EDS resource of `e`: one locality, health and weight per endpoint."""
+def cluster_load_assignment(e: EndpointSet, cluster_name: str | None = None) -> dict[str, Any]:
+    """The EDS resource of `e` (or a cluster's inline ``load_assignment``): health and weight per endpoint."""
     lb_endpoints = []
     for ep in e.endpoints:
         endpoint: dict[str, Any] = {"address": socket_address(ep.address, ep.port)}
@@ -67,7 +99,7 @@ def cluster_load_assignment(e: EndpointSet) -> dict[str, Any]:
             "health_status": "HEALTHY" if ep.healthy else "UNHEALTHY",
             "load_balancing_weight": max(1, ep.weight),
         })
-    out: dict[str, Any] = {"cluster_name": e.name}
+    out: dict[str, Any] = {"cluster_name": cluster_name or e.name}
     if lb_endpoints:
         out["endpoints"] = [{"lb_endpoints": lb_endpoints}]
     return out

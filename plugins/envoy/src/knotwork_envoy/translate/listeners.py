@@ -5,7 +5,9 @@
 - ``http``: an HTTP connection manager whose routes come over RDS
   (``route_config_name`` = the listener's route table), the router filter,
   and the native engine's local replies (:mod:`.replies`); ``http_proxy``
-  also takes absolute-form requests and terminates ``CONNECT``;
+  also takes absolute-form requests and terminates ``CONNECT``; ``http_proxy``
+  and ``gateway`` listeners carry the dynamic forward proxy filter, which
+  resolves the host of passthrough clusters (and does nothing for others);
 - ``tcp``: a TCP proxy to the listener's cluster (3 connect attempts, as
   the native engine).
 
@@ -19,6 +21,7 @@ from typing import Any
 
 from knotwork.proxyconfig import Listener
 
+from .clusters import DFP_FILTER, DNS_CACHE
 from .common import ADS, TranslationError, socket_address, stat_name, typed
 from .replies import local_reply_config
 
@@ -30,6 +33,8 @@ CORS = "envoy.extensions.filters.http.cors.v3.Cors"
 FAULT = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 TCP_PROXY = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 MODES = {"inbound": "INBOUND", "gateway": "INBOUND", "outbound": "OUTBOUND", "http_proxy": "OUTBOUND"}
+#: HTTP listeners whose routes may send to passthrough clusters (ALLOW_ANY, ServiceEntry resolution NONE).
+PASSTHROUGH_MODES = frozenset({"http_proxy", "gateway"})
 #: Connect attempts of a TCP listener (the native engine tries 3 endpoints).
 TCP_CONNECT_ATTEMPTS = 3
 
@@ -79,6 +84,9 @@ def http_connection_manager(lis: Listener, server_name: str = "knotwork") -> dic
         "http_protocol_options": {"accept_http_10": True, "allow_absolute_url": True},
         "local_reply_config": local_reply_config(lis),
     }
+    if lis.mode in PASSTHROUGH_MODES:  # before the router: resolves the host of passthrough clusters only
+        config["http_filters"].insert(-1, {"name": "envoy.filters.http.dynamic_forward_proxy",
+                                           "typed_config": typed(DFP_FILTER, dns_cache_config=DNS_CACHE)})
     if server_name:
         config["server_name"] = server_name
         config["server_header_transformation"] = "APPEND_IF_ABSENT"
