@@ -33,7 +33,6 @@ from knotwork.proxyconfig import (
 
 from .context import CompileContext
 from .egress import add_passthrough, outbound_policy, passthrough_virtual_host
-from .egress import add_passthrough, outbound_policy, passthrough_virtual_host
 from .gateway import add_gateways
 from .hosts import inbound_cluster, is_http
 from .outbound import OUTBOUND, default_route, outbound_route_table
