@@ -371,11 +371,14 @@ def test_cli_clean_says_so_and_f_files_are_analyzed(mesh_dir):
     done = knotwork("analyze", str(mesh_dir), "--use-mesh=false")
     assert (done.returncode, done.stdout) == (0, "")
     assert done.stderr.splitlines()[-1] == f"No validation issues found when analyzing {mesh_dir}."
+    good = write(mesh_dir / "config" / "dr.yaml", REVIEWS_DR)
+    done = knotwork("analyze", str(mesh_dir), "-f", str(good), "--use-mesh=false")  # not "defined twice"
+    assert (done.returncode, done.stdout) == (0, ""), done.stdout
     bad = write(mesh_dir / "bad.yaml", BAD)
     done = knotwork("analyze", str(mesh_dir), "-f", str(bad), "-n", "shop", "-o", "json")
     assert done.returncode == ANALYZE_ISSUES
     assert {(e["code"], e["namespace"], e["file"]) for e in json.loads(done.stdout)} == {
-        ("KW0101", "shop", str(bad)), ("KW1002", "shop", str(bad))}
+        ("KW0101", "shop", str(bad)), ("KW1002", "shop", str(bad))}  # the subsets of `default` are not `shop`'s
 
 
 def test_cli_not_a_mesh_and_mesh_required(tmp_path, mesh_dir):

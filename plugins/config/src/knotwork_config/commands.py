@@ -165,11 +165,16 @@ def run_analyze(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     mesh = load_mesh(mesh_file, args.hooks)  # a bad mesh file: MeshError, exit 2
+    settings = mesh.settings.get("files")
+    folder = settings.directory if isinstance(settings, FilesSettings) else FilesSettings().directory
     extra, problems = _extra_files(args.filename)
     if problems:
         for line in problems:
             print(f"knotwork analyze: {line}", file=sys.stderr)
         return 2
+    config_dir = (mesh.dir / folder).resolve()
+    extra = [(name, text) for name, text in extra  # a config/ file is analyzed as one anyway, not as applied
+             if name == "-" or not Path(name).resolve().is_relative_to(config_dir)]
     registry = None
     if args.use_mesh != "false":
         try:
@@ -184,8 +189,6 @@ def run_analyze(args: argparse.Namespace) -> int:
     if registry is None:
         why = "--use-mesh=false" if args.use_mesh == "false" else "the mesh is not running"
         print(f"Info: {why}: checks of {', '.join(OFFLINE_SKIPPED)} skipped; analyzing files only", file=sys.stderr)
-    settings = mesh.settings.get("files")
-    folder = settings.directory if isinstance(settings, FilesSettings) else FilesSettings().directory
     inputs = load_inputs(mesh.dir, mesh.state_dir, mesh.mesh, folder, extra=extra,
                          namespace=args.namespace or "default", forced_namespace=args.namespace is not None,
                          registry=registry)
