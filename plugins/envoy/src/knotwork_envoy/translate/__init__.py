@@ -19,6 +19,7 @@ import envoy_data_plane.envoy.extensions.filters.http.cors.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.dynamic_forward_proxy.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.fault.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.router.v3  # noqa: F401
+import envoy_data_plane.envoy.extensions.filters.listener.tls_inspector.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3  # noqa: F401

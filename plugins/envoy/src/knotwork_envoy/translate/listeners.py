@@ -13,13 +13,22 @@
 
 Listeners bind exclusively (no ``SO_REUSEPORT``), as the native engine's do,
 so a port already in use is refused (NACK) instead of shared.
+
+A listener with ``server_tls`` (a gateway's HTTPS servers) gets the TLS
+inspector listener filter and one filter chain per
+:class:`~knotwork.proxyconfig.ServerTls`: ``filter_chain_match.server_names``
+(none: the fallback chain) and a ``DownstreamTlsContext`` whose certificate
+and client CA come over SDS on the ADS stream (``tls_certificate_sds_secret_configs``,
+``validation_context_sds_secret_config`` with ``require_client_certificate``),
+TLS 1.2 at least unless the chain says otherwise. Every chain runs the same
+HTTP connection manager.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from knotwork.proxyconfig import Listener
+from knotwork.proxyconfig import Listener, ServerTls
 
 from .clusters import DFP_FILTER, DNS_CACHE
 from .common import ADS, TranslationError, socket_address, stat_name, typed
@@ -32,6 +41,9 @@ ROUTER = "envoy.extensions.filters.http.router.v3.Router"
 CORS = "envoy.extensions.filters.http.cors.v3.Cors"
 FAULT = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 TCP_PROXY = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+TLS_INSPECTOR = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+DOWNSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+TLS_VERSIONS = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
 MODES = {"inbound": "INBOUND", "gateway": "INBOUND", "outbound": "OUTBOUND", "http_proxy": "OUTBOUND"}
 #: HTTP listeners whose routes may send to passthrough clusters (ALLOW_ANY, ServiceEntry resolution NONE).
 PASSTHROUGH_MODES = frozenset({"http_proxy", "gateway"})
@@ -54,6 +66,8 @@ def _check(lis: Listener, where: str) -> None:
         raise TranslationError(f"{where}: an http_proxy listener must use protocol 'http'")
     if lis.tls:
         raise TranslationError(f"{where}: tls: TLS on listeners is not supported by the envoy engine yet")
+    if lis.server_tls and lis.protocol != "http":
+        raise TranslationError(f"{where}: server_tls: TLS is terminated on http listeners only")
     if lis.authn or lis.authz:
         raise TranslationError(f"{where}: authn/authz: Python access-control strategies "
                                f"({', '.join((*lis.authn, *lis.authz))}) cannot run in Envoy yet")
@@ -93,6 +107,41 @@ def http_connection_manager(lis: Listener, server_name: str = "knotwork") -> dic
     return typed(HCM, **config)
 
 
+def downstream_tls(chain: ServerTls, where: str) -> dict[str, Any]:
+    """The ``envoy.transport_sockets.tls`` transport socket of one TLS chain."""
+    params: dict[str, Any] = {}
+    for field, value in (("tls_minimum_protocol_version", chain.min_version or "1.2"),
+                         ("tls_maximum_protocol_version", chain.max_version)):
+        if value is None:
+            continue
+        if value not in TLS_VERSIONS:
+            raise TranslationError(f"{where}: server_tls: version {value!r} is not one of {sorted(TLS_VERSIONS)}")
+        params[field] = TLS_VERSIONS[value]
+    common: dict[str, Any] = {
+        "tls_params": params,
+        "tls_certificate_sds_secret_configs": [{"name": chain.certificate, "sds_config": ADS}],
+    }
+    if chain.alpn:
+        common["alpn_protocols"] = list(chain.alpn)
+    context: dict[str, Any] = {"common_tls_context": common}
+    if chain.client_ca:
+        common["validation_context_sds_secret_config"] = {"name": chain.client_ca, "sds_config": ADS}
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": typed(DOWNSTREAM_TLS, **context)}
+
+
+def _filter_chains(lis: Listener, net: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    if not lis.server_tls:
+        return [{"filters": [net]}]
+    chains = []
+    for chain in lis.server_tls:
+        out: dict[str, Any] = {"filters": [net], "transport_socket": downstream_tls(chain, where)}
+        if chain.server_names:
+            out["filter_chain_match"] = {"server_names": list(chain.server_names)}
+        chains.append(out)
+    return chains
+
+
 def listener(lis: Listener, server_name: str = "knotwork") -> dict[str, Any]:
     """The Envoy listener of `lis` (proto-JSON); raises TranslationError."""
     where = f"listener {lis.name!r}"
@@ -112,5 +161,7 @@ def listener(lis: Listener, server_name: str = "knotwork") -> dict[str, Any]:
         "address": socket_address(lis.address, lis.port),
         "traffic_direction": MODES[lis.mode],
         "enable_reuse_port": False,
-        "filter_chains": [{"filters": [net]}],
+        "filter_chains": _filter_chains(lis, net, where),
+        **({"listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": typed(TLS_INSPECTOR)}]}
+           if lis.server_tls else {}),
     }

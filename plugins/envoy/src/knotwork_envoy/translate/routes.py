@@ -142,6 +142,10 @@ def route(r: Route, where: str) -> dict[str, Any]:
             redirect["path_redirect"] = r.redirect.path
         if r.redirect.host:
             redirect["host_redirect"] = r.redirect.host
+        if r.redirect.scheme:
+            redirect["scheme_redirect"] = r.redirect.scheme
+        if r.redirect.port:  # 0 (no port): Envoy drops a request's :80 when it switches to https
+            redirect["port_redirect"] = r.redirect.port
         out["redirect"] = redirect
     if r.action is not None and r.mirror:
         out["route"]["request_mirror_policies"] = [mirror_policy(m, where) for m in r.mirror]
