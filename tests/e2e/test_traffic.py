@@ -378,6 +378,14 @@ def test_bad_update_is_refused_and_routing_stays(mesh: RunningMesh) -> None:
             assert "Traceback" not in done.stderr
             assert re.search(rf"^{re.escape(str(bad))}: VirtualService/default/reviews: "
                              r"spec\.http\[0\]\.route\[0\]\.weight: .+", done.stderr, re.M), done.stderr
+            # a change only a compiler can find wrong is refused the same way, before any proxy sees it
+            bad_lb = TRAFFIC / "destination-rule-reviews-bad-lb.yaml"
+            done = mesh.knotwork("apply", "-f", str(bad_lb))
+            assert done.returncode == 2, (done.stdout, done.stderr)
+            assert "Traceback" not in done.stderr
+            assert re.search(rf"^{re.escape(str(bad_lb))}: DestinationRule/default/reviews: "
+                             r"spec\.trafficPolicy\.loadBalancer\.simple: expected one of ROUND_ROBIN.+got 'PASSTHROUGH'",
+                             done.stderr, re.M), done.stderr
             # exactly as it was: every request still v1
             for _ in range(30):
                 assert served_by(page(client, mesh)) == V1

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import structlog
 from anyio.abc import TaskStatus
 from grpclib.server import Server
@@ -51,6 +52,16 @@ def compile_proxy(compilers: Iterable[Compiler], inp: CompileInput) -> ProxySnap
     return builder.snapshot()
 
 
+def _problem(exc: Exception) -> str:
+    """A trial compile's failure as one line: ``FILE: Kind/ns/name: field: problem`` when the
+    compiler named the resource (``resource``, ``field`` and ``problem`` attributes), else its message."""
+    resource, field, problem = (getattr(exc, a, None) for a in ("resource", "field", "problem"))
+    if resource is not None and field and problem:
+        source = getattr(resource, "source", None)
+        return f"{getattr(source, 'file', '') or '-'}: {resource}: {field}: {problem}"
+    return f"(compile): {type(exc).__name__}: {exc}"
+
+
 class ControlPlane:
     """Runs platforms, compiles, distributes. One per mesh."""
 
@@ -79,6 +90,7 @@ class ControlPlane:
         return ComponentContext(
             mesh=self.mesh.mesh, settings=self.mesh.settings.get(name), mesh_dir=self.mesh.dir,
             state_dir=self.mesh.state_dir, selection=self.mesh.selection_map(), options=options,
+            validate=self.validate,
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -114,10 +126,9 @@ class ControlPlane:
                     continue
                 self.publish()
 
-    def publish(self) -> None:
-        """Compile every proxy and publish the snapshots that changed."""
-        started = time.perf_counter()
-        snaps = list(self.sources.values())
+    def _inputs(self, sources: dict[str, PlatformSnapshot]) -> Iterable[CompileInput]:
+        """One compile input per proxy of `sources`."""
+        snaps = list(sources.values())
         services = tuple(s for p in snaps for s in p.services)
         endpoints: dict[tuple[str, int], list[Any]] = defaultdict(list)
         for p in snaps:
@@ -131,10 +142,36 @@ class ControlPlane:
         workloads = tuple(w for p in snaps for w in p.workloads)
         frozen_eps = {k: tuple(v) for k, v in endpoints.items()}
         frozen_res = {k: tuple(v) for k, v in resources.items()}
-        changed, counts = [], dict.fromkeys(TYPE_ORDER, 0)
         for node in proxies:
-            inp = CompileInput(self.mesh.mesh, node, services, frozen_eps, frozen_res,
+            yield CompileInput(self.mesh.mesh, node, services, frozen_eps, frozen_res,
                                self.mesh.selection_map(), workloads, proxies, mesh_dir=Path(self.mesh.dir))
+
+    def validate(self, source: str, resources: tuple[Any, ...]) -> list[str]:
+        """Problems if `source` held `resources`: every proxy compiled in a trial run, nothing published.
+
+        A proxy failing with the very error it fails with today does not
+        count: the change did not cause it.
+        """
+        sources = dict(self.sources)
+        current = sources.get(source)
+        sources[source] = (attrs.evolve(current, resources=tuple(resources)) if current is not None
+                           else PlatformSnapshot(platform=source, resources=tuple(resources), synced=True))
+        problems: set[str] = set()
+        for inp in self._inputs(sources):
+            try:
+                compile_proxy(self.compilers, inp)
+            except Exception as exc:  # noqa: BLE001 - every compile failure is a problem to report
+                if self.compile_errors.get(inp.node.id) != f"{type(exc).__name__}: {exc}":
+                    problems.add(_problem(exc))
+        return sorted(problems)
+
+    def publish(self) -> None:
+        """Compile every proxy and publish the snapshots that changed."""
+        started = time.perf_counter()
+        changed, counts, compiled = [], dict.fromkeys(TYPE_ORDER, 0), 0
+        for inp in self._inputs(self.sources):
+            node = inp.node
+            compiled += 1
             try:
                 snapshot = compile_proxy(self.compilers, inp)
             except Exception as exc:  # noqa: BLE001 - a failed compile keeps the last good config
@@ -151,7 +188,7 @@ class ControlPlane:
             self.pushes += 1
             self.cache.notify()
             self.hooks.snapshot_published(str(self.version), changed, counts)
-        log.info("compiled", proxies=len(proxies), changed=len(changed), version=self.version,
+        log.info("compiled", proxies=compiled, changed=len(changed), version=self.version,
                  seconds=round(time.perf_counter() - started, 4))
 
     # -- admin socket -------------------------------------------------------

@@ -162,7 +162,14 @@ class AttestationClaim:
 
 @attrs.frozen
 class ComponentContext:
-    """What a component gets: its settings, the mesh's names and places."""
+    """What a component gets: its settings, the mesh's names and places.
+
+    `validate(source, resources)` (config sources) compiles every proxy in a
+    trial run as if source `source` now held `resources` and returns the
+    problems, one ``FILE: Kind/ns/name: field: problem`` line each; nothing
+    is published. A source calls it before accepting a change, so a change
+    no compiler can translate is refused whole.
+    """
 
     mesh: MeshSettings
     settings: Any
@@ -170,6 +177,7 @@ class ComponentContext:
     state_dir: Path
     selection: Mapping[str, Any] = attrs.field(factory=dict)
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    validate: Callable[[str, tuple[Any, ...]], list[str]] = attrs.field(default=lambda source, resources: [], eq=False)
 
 
 @attrs.frozen

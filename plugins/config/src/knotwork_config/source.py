@@ -4,7 +4,9 @@ On start it reads the applied resources persisted by earlier runs and every
 ``*.yaml``/``*.yml`` file under the config folder (recursively), serves the
 config socket (``.knotwork/config.sock``, 0600) that ``knotwork apply`` and
 ``knotwork delete`` talk to, and pushes its first synced snapshot at once
-(even an empty one: the control plane waits for it). Then it polls the
+(even an empty one: the control plane waits for it). Every change is
+first compiled for every proxy in a trial run (``ctx.validate``): one no
+compiler can translate is refused whole. Then it polls the
 folder's modification times every ``poll_interval`` seconds and pushes a
 whole new snapshot after every accepted change. A file with a bad resource
 is refused whole and logged; its previous content stays in force.
@@ -49,7 +51,7 @@ class FilesSource:
         self.settings: FilesSettings = ctx.settings or FilesSettings()
         self.config_dir = Path(ctx.mesh_dir) / self.settings.directory
         self.socket_path = Path(ctx.state_dir) / CONFIG_SOCKET
-        self.store = Store(Path(ctx.state_dir) / "applied")
+        self.store = Store(Path(ctx.state_dir) / "applied", check=lambda resources: ctx.validate(PLATFORM, resources))
         self.seen: dict[str, Signature] = {}  # every file looked at, accepted or not
         self.version = 0
         self._send: Any = None

@@ -2,7 +2,8 @@
 
 Every change is checked against everything else before it is accepted: a
 resource defined in two places (two config/ files, or a config/ file and
-``knotwork apply``) is refused, naming both. A refused change leaves the
+``knotwork apply``) is refused, naming both; then `check` (the control
+plane's trial compile) must find no problem with the whole result. A refused change leaves the
 store as it was, so the last good config keeps serving. Applied resources
 are persisted (atomic write) in ``.knotwork/applied/resources.json``.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,28 @@ def _where(res: Resource, applied: bool) -> str:
     return f"knotwork apply ({res.source})" if applied else str(res.source)
 
 
+def _merged(files: dict[str, tuple[Resource, ...]], applied: dict[Key, Resource]) -> tuple[Resource, ...]:
+    """config/ files in path order, then applied resources in the order they were first applied."""
+    return (*(r for name in sorted(files) for r in files[name]), *applied.values())
+
+
 class Store:
     """Accepted resources by origin; :meth:`resources` is what the snapshot carries."""
 
-    def __init__(self, applied_dir: Path) -> None:
+    def __init__(self, applied_dir: Path, check: Callable[[tuple[Resource, ...]], list[str]] | None = None) -> None:
         self.applied_dir = applied_dir
         self.files: dict[str, tuple[Resource, ...]] = {}  # config/ file -> its last accepted resources
         self.applied: dict[Key, Resource] = {}
+        self.check = check or (lambda resources: [])
 
     def resources(self) -> tuple[Resource, ...]:
         """config/ files in path order, then applied resources in the order they were first applied."""
-        out = [r for name in sorted(self.files) for r in self.files[name]]
-        return (*out, *self.applied.values())
+        return _merged(self.files, self.applied)
+
+    def _checked(self, files: dict[str, tuple[Resource, ...]], applied: dict[Key, Resource]) -> None:
+        problems = self.check(_merged(files, applied))
+        if problems:
+            raise ConfigError(problems)
 
     def _owners(self, *, skip_file: str | None = None) -> dict[Key, tuple[Resource, bool]]:
         owners: dict[Key, tuple[Resource, bool]] = {}
@@ -62,6 +73,7 @@ class Store:
                     f"both in {r.source} and in {_where(*owners[r.key])}" for r in resources if r.key in owners]
         if problems:
             raise ConfigError(problems)
+        self._checked({**self.files, name: resources}, self.applied)
         self.files[name] = resources
 
     def remove_file(self, name: str) -> bool:
@@ -84,6 +96,7 @@ class Store:
             outcome[str(r)] = "created" if old is None else "unchanged" if old == r else "configured"
             new[r.key] = r
         if any(v != "unchanged" for v in outcome.values()):
+            self._checked(self.files, new)
             self._save(new)
         self.applied = new
         return outcome
@@ -104,6 +117,7 @@ class Store:
         if problems:
             raise ConfigError(problems)
         new = {k: v for k, v in self.applied.items() if k not in {r.key for r in resources}}
+        self._checked(self.files, new)
         self._save(new)
         self.applied = new
         return {str(r): "deleted" for r in resources}
