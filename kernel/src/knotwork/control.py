@@ -209,7 +209,28 @@ class ControlPlane:
             snap = self.cache.get(request.get("node", ""))
             return {"config": None if snap is None else {t: {n: wire.unstructure(r) for n, r in res.items()}
                                                          for t, res in snap.resources.items()}}
+        if method == "registry":
+            return self.registry()
         return {"error": f"unknown method {method!r}"}
+
+    def registry(self) -> dict:
+        """What the sources know, read-only, for checks such as ``knotwork analyze``.
+
+        Services with their FQDN and ports, the proxies (gateways carry the
+        labels a Gateway's selector matches) and every source's resources.
+        """
+        domain = self.mesh.mesh.domain
+        return {
+            "services": [{"name": s.name, "namespace": s.namespace, "fqdn": s.fqdn(domain),
+                          "ports": [{"port": sp.port, "name": sp.name, "protocol": str(sp.protocol)} for sp in s.ports]}
+                         for p in self.sources.values() for s in p.services],
+            "proxies": [{"id": n.id, "kind": n.kind, "workload": n.workload, "namespace": n.namespace,
+                         "labels": dict(n.labels)} for p in self.sources.values() for n in p.proxies],
+            "resources": [{"source": p.platform, "apiVersion": r.api_version, "kind": r.kind, "name": r.name,
+                           "namespace": r.namespace, "labels": dict(r.labels), "spec": r.spec,
+                           "file": r.source.file, "line": r.source.line}
+                          for p in self.sources.values() for r in p.resources],
+        }
 
     def proxy_status(self) -> list[dict]:
         """Per node and type: the latest version, what was sent, ACKed, NACKed.

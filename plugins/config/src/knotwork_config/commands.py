@@ -197,7 +197,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     if shown or args.output != "log":
         print(render(shown, args.output))
     else:
-        print(f"No validation issues found when analyzing {target}.", file=sys.stderr)
+        print(f"No validation issues found when analyzing {mesh.dir}.", file=sys.stderr)
     return ANALYZE_ISSUES if any(f.level >= Level[args.failure_threshold] for f in findings) else 0
 
 
