@@ -142,8 +142,8 @@ def test_unknown_top_level_spec_field_lists_the_known_ones():
         kind: DestinationRule
         metadata: {name: r}
         spec: {host: r, subset: []}
-    """) == ["bad.yaml: DestinationRule/default/r: spec.subset: expected one of the fields host, trafficPolicy, "
-             "subsets, exportTo, workloadSelector, got unknown field 'subset'"]
+    """) == ["bad.yaml: DestinationRule/default/r: spec.subset: expected one of the fields exportTo, host, "
+             "subsets, trafficPolicy, workloadSelector, got unknown field 'subset' (did you mean 'subsets'?)"]
 
 
 def test_yaml_syntax_error_names_the_line():

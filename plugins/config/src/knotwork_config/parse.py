@@ -75,7 +75,7 @@ def _documents(text: str, file: str) -> list[tuple[Any, int]]:
 
 
 def _resource(data: Any, line: int, file: str, namespace: str, forced: bool,
-              problems: list[str]) -> Resource | None:
+              problems: list[str], check_spec: bool = True) -> Resource | None:
     """One document as a Resource, or None after adding its problems."""
     if not isinstance(data, Mapping):
         problems.append(f"{file}:{line}: (document): expected a mapping (an Istio resource), got {show(data)}")
@@ -118,7 +118,7 @@ def _resource(data: Any, line: int, file: str, namespace: str, forced: bool,
     spec = data.get("spec", {})
     if not isinstance(spec, Mapping):
         add(("spec",), f"expected a mapping, got {show(spec)}")
-    elif group:
+    elif group and check_spec:
         for path, message in check(group, kind, spec):
             add(path, message)
     if len(problems) > before:
@@ -142,7 +142,7 @@ def parse_resources(text: str, file: str, *, namespace: str = "default", forced_
     for data, line in _documents(text, file):
         if identity_only and isinstance(data, Mapping):
             data = {k: v for k, v in data.items() if k in ("apiVersion", "kind", "metadata")}
-        res = _resource(data, line, file, namespace, forced_namespace, problems)
+        res = _resource(data, line, file, namespace, forced_namespace, problems, check_spec=not identity_only)
         if res is None:
             continue
         if res.key in seen:
