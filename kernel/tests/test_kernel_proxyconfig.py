@@ -190,3 +190,16 @@ def test_route_with_fault_mirror_headers_and_cors_round_trips_and_mirror_cluster
     with pytest.raises(ConsistencyError, match="missing cluster 'shadow'"):
         ProxySnapshot.build([table, Cluster("a"), EndpointSet("a")]).check()
     ProxySnapshot.build([table, Cluster("a"), EndpointSet("a"), Cluster("shadow"), EndpointSet("shadow")]).check()
+
+
+def test_a_dns_clusters_version_covers_its_endpoints() -> None:
+    """Engines that resolve names inline a dns cluster's endpoints in the cluster (Envoy STRICT_DNS):
+    a changed endpoint set must re-send the cluster. Static clusters do not depend on theirs."""
+    dns = Cluster(name="outbound|80||api.example.com", resolution="dns")
+
+    def version(cluster: Cluster, *endpoints: LbEndpoint) -> str:
+        return ProxySnapshot.build([cluster, EndpointSet(cluster.name, endpoints)]).versions["clusters"][cluster.name]
+
+    assert version(dns, LbEndpoint("localhost", 8080)) != version(dns, LbEndpoint("localhost", 9090))
+    static = Cluster(name="s")
+    assert version(static, LbEndpoint("127.0.0.1", 1)) == version(static, LbEndpoint("127.0.0.1", 2))

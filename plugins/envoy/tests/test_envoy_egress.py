@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from knotwork.distribution import SnapshotCache
-from knotwork.proxyconfig import Cluster, EndpointSet, LbEndpoint, Listener, ProxySnapshot
+from knotwork.proxyconfig import Cluster, EndpointSet, LbEndpoint, Listener
 
 from envoy_helpers import (
     NODE, Upstream, envoy_proxy, free_port, get, http_listener, read_response, route, running, snapshot, table,
@@ -70,17 +70,6 @@ def test_forward_proxy_filter_on_outbound_and_gateway_listeners_only() -> None:
     pack("listeners", lis)
 
 
-def test_dns_cluster_version_follows_its_endpoints() -> None:
-    def version(eps: EndpointSet) -> str:
-        return ProxySnapshot.build([DNS, eps]).versions["clusters"][DNS.name]
-
-    moved = EndpointSet(name=DNS.name, endpoints=(LbEndpoint("localhost", 9090),))
-    assert version(DNS_EPS) != version(moved)  # the inlined endpoints changed: the cluster is re-sent
-    static = Cluster(name="s")
-    assert (ProxySnapshot.build([static, EndpointSet("s", (LbEndpoint("127.0.0.1", 1),))]).versions["clusters"]["s"]
-            == ProxySnapshot.build([static, EndpointSet("s")]).versions["clusters"]["s"])
-
-
 # ── a real Envoy ─────────────────────────────────────────────────────────────
 
 
@@ -107,6 +96,8 @@ async def test_envoy_passes_through_names_and_ips_and_resolves_dns_clusters() ->
                 resp = await get(port, f"http://{host}/p?q=1", host=host)
                 assert (resp.status, resp.text) == (200, "anywhere GET /p?q=1"), resp.text
                 assert anywhere.requests[-1][2]["host"] == host
+            resp = await get(port, "http://no-such-host.invalid/", host="no-such-host.invalid")  # never resolves
+            assert (resp.status, resp.headers["x-knotwork-response-flags"]) == (503, "DF")
 
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"CONNECT localhost:%d HTTP/1.1\r\nhost: localhost:%d\r\n\r\n" % (echo_port, echo_port))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -84,6 +85,8 @@ def _why(exc: BaseException) -> str:
     """A short, lower-case reason for a connection error."""
     if isinstance(exc, TimeoutError):
         return "connection timeout"
+    if isinstance(exc, socket.gaierror):  # a name that does not resolve (dns and passthrough clusters)
+        return f"name resolution failed: {str(exc.strerror).lower()}"
     errno = getattr(exc, "errno", None)
     if errno:
         return os.strerror(errno).lower()
