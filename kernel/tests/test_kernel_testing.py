@@ -221,3 +221,43 @@ def test_fixtures_come_from_the_pytest11_entry_point(pytester_run):
     """)
     assert result.returncode == 0, result.stdout
     assert "1 passed" in result.stdout
+
+
+
+def test_tls_material_is_a_working_ca_and_leaf(tmp_path):
+    import socket
+    import ssl
+    import threading
+
+    from knotwork.testing import make_ca, make_certificate
+
+    ca = make_ca(tmp_path / "ca")
+    cert, key = make_certificate(ca, tmp_path / "leaf", "svc.example.com", "*.svc.example.com")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    def handshake(trusted: object, name: str) -> bytes:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            def serve() -> None:
+                conn, _ = listener.accept()
+                try:
+                    with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                        tls.sendall(b"ok")
+                except (ssl.SSLError, OSError):
+                    pass
+
+            thread = threading.Thread(target=serve)
+            thread.start()
+            try:
+                client_ctx = ssl.create_default_context(cafile=str(trusted))
+                with socket.create_connection(listener.getsockname()) as raw, \
+                        client_ctx.wrap_socket(raw, server_hostname=name) as tls:
+                    return tls.recv(2)
+            finally:
+                thread.join(5)
+
+    assert handshake(ca, "a.svc.example.com") == b"ok"
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(make_ca(tmp_path / "other"), "svc.example.com")  # another CA
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(ca, "elsewhere.example.com")  # a name the certificate does not carry

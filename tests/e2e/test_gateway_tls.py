@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 
 from .harness import REPO, RunningMesh, wait_for
-from .tls_certs import issue, new_ca
+from knotwork.testing import make_ca, make_certificate
 
 HOST = "bookinfo.example.com"
 
@@ -114,8 +114,8 @@ def apply_text(mesh: RunningMesh, name: str, text: str, verb: str = "apply") -> 
 def test_https_ingress_with_a_certificate_from_files(mesh: RunningMesh):
     certs = mesh.dir / "certs"
     certs.mkdir(exist_ok=True)
-    ca = new_ca(mesh.dir.parent / "example-ca")
-    issue(ca, certs / "tls", HOST)
+    ca = make_ca(mesh.dir.parent / "example-ca")
+    make_certificate(ca, certs / "tls", HOST)
     port = https_port(mesh)
     with httpx.Client(verify=client_context(ca), timeout=10) as client:
         applied = time.monotonic()
@@ -142,7 +142,7 @@ def test_https_ingress_with_a_certificate_from_files(mesh: RunningMesh):
 
             # renew the certificate files, then push the Gateway again (any change does)
             before = presented_certificate(port, HOST, ca)
-            issue(ca, certs / "tls", HOST)
+            make_certificate(ca, certs / "tls", HOST)
             renewed = x509.load_pem_x509_certificate((certs / "tls.crt").read_bytes())
             assert renewed.serial_number != before.serial_number
             apply_text(mesh, "bookinfo-gateway-tls-2.yaml", GATEWAY.format(generation=2))

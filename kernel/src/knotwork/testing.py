@@ -6,13 +6,15 @@ test can ask for the fixtures `plugin_manager`, `hooks`, `register_plugin`,
 per-request fakes (:func:`make_request`, :func:`make_connection`,
 :func:`make_response`), model builders (:func:`make_service`,
 :func:`make_endpoint`, :func:`make_node`, :func:`make_snapshot`),
-:func:`compile_node` (compilers run as the control plane runs them), and
+:func:`compile_node` (compilers run as the control plane runs them),
+throw-away TLS material (:func:`make_ca`, :func:`make_certificate`), and
 :func:`settings_from_yaml` / :func:`mesh_from_yaml` (the kernel's strict rules
 and error lines). docs/plugin-guide.md shows them at work.
 """
 
 from __future__ import annotations
 
+import datetime
 import textwrap
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -31,7 +33,7 @@ from .records import CompileInput
 
 __all__ = [
     "FakeConnection", "FakeRequest", "FakeResponse", "HookCall", "HookRecorder", "compile_node", "make_connection",
-    "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "mesh_from_yaml",
+    "make_ca", "make_certificate", "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "mesh_from_yaml",
     "settings_from_yaml",
 ]
 
@@ -268,3 +270,65 @@ def mesh_from_yaml(tmp_path: Path, text: str, hooks: kernel.Hooks) -> Mesh:
     path = Path(tmp_path) / "knotwork.yaml"
     path.write_text(_dedent(text))
     return load_mesh(path, hooks)
+
+
+# ── TLS material: a throw-away CA and leaf certificates, as PEM files ───────
+# (cryptography is imported on first use: every pytest run loads this module)
+
+
+def _write_pem(path: Path, cert: Any, key: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def _sign(subject: str, issuer: Any, public_key: Any, signing_key: Any, extensions: Iterable[tuple[Any, bool]]) -> Any:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(issuer or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .public_key(public_key).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def make_ca(path: Path, common_name: str = "test root CA") -> Path:
+    """A self-signed CA valid for a day: ``<path>.crt`` and ``<path>.key``; returns the certificate's path."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _sign(common_name, None, key.public_key(), key, [
+        (x509.BasicConstraints(ca=True, path_length=None), True),
+        (x509.KeyUsage(True, False, False, False, False, True, True, False, False), True),
+    ])
+    _write_pem(path, cert, key)
+    return path.with_suffix(".crt")
+
+
+def make_certificate(ca: Path, path: Path, *names: str, client: bool = False) -> tuple[Path, Path]:
+    """A leaf certificate for DNS `names` signed by the CA at `ca` (from :func:`make_ca`):
+    ``<path>.crt`` and ``<path>.key``; returns both paths. `client` makes it a client certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.with_suffix(".key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    cert = _sign(names[0], ca_cert.subject, key.public_key(), ca_key, [
+        (x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False),
+        (x509.ExtendedKeyUsage([usage]), False),
+    ])
+    _write_pem(path, cert, key)
+    return path.with_suffix(".crt"), path.with_suffix(".key")

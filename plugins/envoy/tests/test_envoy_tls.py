@@ -15,7 +15,7 @@ from knotwork.proxyconfig import Listener, Redirect, Route, RouteMatch, Secret, 
 
 from envoy_helpers import NODE, Upstream, clusters, envoy_proxy, free_port, route, running, snapshot, table, wait_for, xds_server
 from knotwork_envoy.translate import TranslationError, pack, to_message, translate
-from tls_certs import issue, new_ca
+from knotwork.testing import make_ca, make_certificate
 
 ADS = {"ads": {}, "resource_api_version": "V3"}
 CHAINS = (ServerTls("cert-a", ("a.example.com",), client_ca="ca", min_version="1.3"),
@@ -100,8 +100,8 @@ async def https_get(port: int, sni: str, cafile: Path) -> x509.Certificate:
 
 @pytest.mark.anyio
 async def test_envoy_terminates_tls_by_sni_and_serves_a_renewed_certificate(tmp_path: Path):
-    ca = new_ca(tmp_path / "ca")
-    a, b = issue(ca, tmp_path / "a", "a.example.com"), issue(ca, tmp_path / "b", "b.example.com")
+    ca = make_ca(tmp_path / "ca")
+    a, b = make_certificate(ca, tmp_path / "a", "a.example.com"), make_certificate(ca, tmp_path / "b", "b.example.com")
     up = Upstream("up")
     cache, port = SnapshotCache(), free_port()
 
@@ -124,7 +124,7 @@ async def test_envoy_terminates_tls_by_sni_and_serves_a_renewed_certificate(tmp_
             assert cert_b.subject != cert.subject
             with pytest.raises((ssl.SSLError, ConnectionError)):  # no chain names it
                 await https_get(port, "c.example.com", ca)
-            renewed = issue(ca, tmp_path / "a2", "a.example.com")
+            renewed = make_certificate(ca, tmp_path / "a2", "a.example.com")
             publish(renewed)
             want = x509.load_pem_x509_certificate(renewed[0].read_bytes()).serial_number
 

@@ -18,7 +18,7 @@ from cryptography import x509
 from knotwork.proxyconfig import Redirect, Route, RouteMatch, Secret, ServerTls
 
 from test_dataplane_support import Upstream, dataplane, http_listener, one_route, resources, table
-from tls_certs import issue, new_ca
+from knotwork.testing import make_ca, make_certificate
 
 pytestmark = pytest.mark.anyio
 NAMES = ("a.example.com", "b.example.com", "*.example.org")
@@ -42,11 +42,11 @@ async def up():
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Any]:
-    ca = new_ca(tmp_path / "ca")
+    ca = make_ca(tmp_path / "ca")
     out: dict[str, Any] = {"ca": ca, "dir": tmp_path}
     for i, name in enumerate(NAMES):
-        out[name] = issue(ca, tmp_path / f"server{i}", name)
-    out["client"] = issue(ca, tmp_path / "client", "client.example.com", client=True)
+        out[name] = make_certificate(ca, tmp_path / f"server{i}", name)
+    out["client"] = make_certificate(ca, tmp_path / "client", "client.example.com", client=True)
     return out
 
 
@@ -131,7 +131,7 @@ async def test_a_renewed_certificate_is_served_without_rebinding(pki, up):
     async with dataplane(res) as dp:
         port = dp.port_of("gw")
         _, _, before = await https_get(port, "a.example.com", client_context(pki))
-        renewed = issue(pki["ca"], pki["dir"] / "renewed", "a.example.com")
+        renewed = make_certificate(pki["ca"], pki["dir"] / "renewed", "a.example.com")
         res["secrets"]["cert-a.example.com"] = Secret("cert-a.example.com", renewed[0].read_text(), renewed[1].read_text())
         await dp.apply(dp.build(res))
         assert dp.port_of("gw") == port
@@ -151,8 +151,8 @@ async def test_mutual_tls_requires_a_client_certificate_signed_by_the_ca(pki, up
         # the SIMPLE chain on the same port asks nothing of the client
         assert (await https_get(port, "b.example.com", client_context(pki)))[0] == 200
         # a certificate from another CA is refused
-        other = new_ca(pki["dir"] / "other-ca")
-        crt, key = issue(other, pki["dir"] / "intruder", "intruder", client=True)
+        other = make_ca(pki["dir"] / "other-ca")
+        crt, key = make_certificate(other, pki["dir"] / "intruder", "intruder", client=True)
         ctx = client_context(pki)
         ctx.load_cert_chain(str(crt), str(key))
         with pytest.raises((ssl.SSLError, ConnectionError)):

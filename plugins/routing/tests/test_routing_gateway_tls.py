@@ -10,7 +10,7 @@ from knotwork.proxyconfig import Redirect, ServerTls, SnapshotBuilder
 from routing_helpers import (
     BOOKINFO_ENDPOINTS, BOOKINFO_SERVICES, Req, compile_input, compile_snapshot, gateway_node, resource, router, target,
 )
-from tls_certs import issue, new_ca
+from knotwork.testing import make_ca, make_certificate
 
 from knotwork_routing import SLOTS, ResourceError, compile_proxy
 
@@ -21,11 +21,11 @@ NODE = gateway_node({"gateway:80": 8080, "gateway:443": 8443})
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pki")
-    ca = new_ca(d / "ca")
+    ca = make_ca(d / "ca")
     files = {"ca": ca}
     for stem, names in (("bookinfo", ("bookinfo.example.com",)), ("other", ("other.example.com",)),
                         ("wild", ("*.example.org",))):
-        files[f"{stem}.crt"], files[f"{stem}.key"] = issue(ca, d / stem, *names)
+        files[f"{stem}.crt"], files[f"{stem}.key"] = make_certificate(ca, d / stem, *names)
     return files
 
 
@@ -123,11 +123,11 @@ def test_https_redirect_answers_the_plain_port_with_a_301_to_the_tls_listener(pk
 
 
 def test_a_renewed_certificate_file_is_read_on_the_next_compile(tmp_path):
-    ca = new_ca(tmp_path / "ca")
-    issue(ca, tmp_path / "tls", "bookinfo.example.com")
+    ca = make_ca(tmp_path / "ca")
+    make_certificate(ca, tmp_path / "tls", "bookinfo.example.com")
     tls = {"mode": "SIMPLE", "serverCertificate": "tls.crt", "privateKey": "tls.key"}
     first = compile_gw(gateway(server(tls=tls)), bookinfo_vs(), mesh_dir=tmp_path)
-    issue(ca, tmp_path / "tls", "bookinfo.example.com")
+    make_certificate(ca, tmp_path / "tls", "bookinfo.example.com")
     second = compile_gw(gateway(server(tls=tls)), bookinfo_vs(), mesh_dir=tmp_path)
     (name,) = first.resources["secrets"]
     assert first.resources["secrets"][name].certificate_chain != second.resources["secrets"][name].certificate_chain
