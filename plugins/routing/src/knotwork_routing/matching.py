@@ -33,7 +33,7 @@ from typing import Any
 from knotwork.proxyconfig import HeaderMatch, RouteMatch
 
 __all__ = ["ANY", "EXACT", "PREFIX", "REGEX", "Predicate", "compile_conditions", "compile_match", "literal_prefix",
-           "path_condition"]
+           "matches_everything", "path_condition"]
 
 #: ``check(request, path_without_query) -> bool``
 Predicate = Callable[[Any, str], bool]
@@ -84,6 +84,12 @@ def literal_prefix(pattern: str) -> str:
     if end < len(pattern) and pattern[end] in _QUANTIFIERS:
         end -= 1
     return pattern[:max(end, 0)]
+
+
+def matches_everything(match: RouteMatch) -> bool:
+    """True when `match` accepts every request: no path condition and nothing else."""
+    return (path_condition(match)[0] == ANY and not match.headers and not match.query
+            and not match.source_labels and match.port is None)
 
 
 def compile_conditions(match: RouteMatch) -> Predicate | None:

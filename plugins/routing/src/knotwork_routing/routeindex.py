@@ -27,6 +27,11 @@ exact paths, else finds its longest indexed prefix (one dict lookup per
 distinct prefix length, longest first), else takes the general routes, and
 walks that list in order. The result is the same route a scan of all routes
 would give, because every route that could match is in the list, in order.
+
+Routes after one that matches everything are dropped. A virtual host of at most
+:data:`SCAN_UP_TO` routes without a regex is scanned instead (a few
+``startswith`` cost less than the lookups); one without exact paths or regexes
+looks its prefixes up in the path as received (no key contains ``?``).
 """
 
 from __future__ import annotations
@@ -37,13 +42,16 @@ from typing import Any
 from knotwork.proxyconfig import Route, VirtualHost
 
 from .matching import (
-    ANY, EXACT, PREFIX, REGEX, Predicate, compile_conditions, compile_match, literal_prefix, path_condition,
+    ANY, EXACT, PREFIX, REGEX, Predicate, compile_conditions, compile_match, literal_prefix, matches_everything,
+    path_condition,
 )
 
 __all__ = ["VHostMatcher", "compile_virtual_host"]
 
 #: ``match(request) -> Route | None`` for one virtual host
 VHostMatcher = Callable[[Any], "Route | None"]
+#: Virtual hosts with at most this many routes and no regex are scanned: cheaper than the index.
+SCAN_UP_TO = 4
 #: ``(route index, predicate or None, route)``
 _Entry = tuple[int, "Predicate | None", Route]
 #: what a request walks: ``(predicate or None, route)`` in route order
@@ -65,10 +73,14 @@ def compile_virtual_host(vhost: VirtualHost) -> VHostMatcher:
     """The function finding `vhost`'s first matching route for a request (None: no route)."""
     if not vhost.routes:
         return lambda request: None
+    reachable = _reachable(vhost.routes)
+    kinds = {path_condition(route.match)[0] for route in reachable}
+    if len(reachable) <= SCAN_UP_TO and REGEX not in kinds:  # a few cheap predicates beat the index's lookups
+        return _scan(tuple((compile_match(r.match), r) for r in reachable), needs_path=EXACT in kinds)
     general: list[_Entry] = []
     exact: dict[str, list[_Entry]] = {}
     prefixes: dict[str, list[_Entry]] = {}
-    for index, route in enumerate(vhost.routes):
+    for index, route in enumerate(reachable):
         kind, value = path_condition(route.match)
         if kind == EXACT:
             if "?" not in value:  # the path it is compared with never has one: it cannot match
@@ -79,12 +91,10 @@ def compile_virtual_host(vhost: VirtualHost) -> VHostMatcher:
             prefixes.setdefault(literal_prefix(value), []).append((index, compile_match(route.match), route))
         else:
             general.append((index, compile_match(route.match), route))
-            if kind == ANY and general[-1][1] is None:
-                break  # matches everything: the routes after it are unreachable
 
     fallback = _candidates(general)
     if not exact and not prefixes:
-        return _scan(fallback, needs_path=any(path_condition(e[2].match)[0] == REGEX for e in general))
+        return _scan(fallback, needs_path=REGEX in kinds)
 
     def chain(path: str) -> list[_Entry]:
         """The prefix routes whose prefix `path` starts with."""
@@ -93,7 +103,19 @@ def compile_virtual_host(vhost: VirtualHost) -> VHostMatcher:
     by_prefix = {prefix: _candidates(general, chain(prefix)) for prefix in prefixes}
     by_exact = {path: _candidates(general, group, chain(path)) for path, group in exact.items()}
     lengths = tuple(sorted({len(p) for p in prefixes}, reverse=True))
+    if not by_exact and REGEX not in kinds:
+        # no predicate reads the path without its query, and no key holds a "?": look the
+        # prefixes up in the path as received
+        return _prefixes_only(by_prefix, lengths, fallback)
     return _indexed(by_exact, by_prefix, lengths, fallback)
+
+
+def _reachable(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """`routes` up to the first one that matches every request (those after it can never win)."""
+    for index, route in enumerate(routes):
+        if matches_everything(route.match):
+            return routes[:index + 1]
+    return routes
 
 
 def _scan(candidates: _Candidates, needs_path: bool) -> VHostMatcher:
@@ -124,6 +146,27 @@ def _scan(candidates: _Candidates, needs_path: bool) -> VHostMatcher:
         return None
 
     return match_with_path
+
+
+def _prefixes_only(by_prefix: dict[str, _Candidates], lengths: tuple[int, ...], fallback: _Candidates) -> VHostMatcher:
+    prefix_get = by_prefix.get
+
+    def match(request: Any) -> Route | None:
+        path = request.path
+        candidates = fallback
+        size = len(path)
+        for length in lengths:  # longest first: the first hit is the longest prefix
+            if length <= size:
+                found = prefix_get(path[:length])
+                if found is not None:
+                    candidates = found
+                    break
+        for check, route in candidates:
+            if check is None or check(request, ""):
+                return route
+        return None
+
+    return match
 
 
 def _indexed(by_exact: dict[str, _Candidates], by_prefix: dict[str, _Candidates],
