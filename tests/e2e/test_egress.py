@@ -199,3 +199,13 @@ def test_virtual_service_on_a_service_entry_host(mesh: RunningMesh, proxy: int, 
         print(f"\n0.5 s timeout on {STATIC_HOST}: 504 UT after {took:.2f} s")
         assert 0.3 < took < 2.0, took
         assert get(proxy, f"http://{STATIC_HOST}/fast").text == f"external {STATIC_HOST} /fast"
+
+
+def test_bad_service_entry_is_refused_whole(mesh: RunningMesh, proxy: int, external: int) -> None:
+    """A ServiceEntry the compiler cannot translate is refused at apply (exit 2, file, resource, field)."""
+    bad = EGRESS / "service-entry-bad-static.yaml"
+    result = mesh.knotwork("apply", "-f", str(bad))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "ServiceEntry/default/bad-static" in result.stderr and "spec.endpoints[0].address" in result.stderr
+    assert "needs an IP address" in result.stderr and "Traceback" not in result.stderr
+    assert get(proxy, f"http://127.0.0.1:{external}/still").status_code == 200  # the mesh default keeps serving
