@@ -27,7 +27,7 @@ from grpclib.server import Server
 from .config import Mesh
 from .distribution import SnapshotCache
 from .kernel import Hooks
-from .model import PlatformSnapshot
+from .model import PlatformSnapshot, Resource, SourceRef
 from .proxyconfig import TYPE_ORDER, ProxySnapshot, SnapshotBuilder, wire
 from .records import CompileInput, Compiler, ComponentContext
 from .wire import JSONCodec, JsonService, unary
@@ -211,6 +211,13 @@ class ControlPlane:
                                                          for t, res in snap.resources.items()}}
         if method == "registry":
             return self.registry()
+        if method == "validate":  # a trial compile, e.g. for `knotwork analyze`: see validate()
+            resources = tuple(Resource(
+                api_version=str(r.get("apiVersion", "")), kind=str(r.get("kind", "")), name=str(r.get("name", "")),
+                namespace=str(r.get("namespace", "default")), spec=r.get("spec") or {}, labels=r.get("labels") or {},
+                source=SourceRef(str(r.get("file") or ""), int(r.get("line") or 0)),
+            ) for r in request.get("resources") or ())
+            return {"problems": self.validate(str(request.get("source", "")), resources)}
         return {"error": f"unknown method {method!r}"}
 
     def registry(self) -> dict:

@@ -84,6 +84,8 @@ MESSAGES: dict[str, Message] = _messages(
             "the weights of a route's destinations do not sum to 100 (traffic is split in proportion)"),
     Message("KW1003", Level.Error, "ResourceDefinedTwice",
             "a resource is defined both in the config folder and by apply (or in two config files)"),
+    Message("KW1004", Level.Error, "TranslationError",
+            "the running mesh's compilers cannot translate a resource (apply would refuse it); needs the mesh"),
 )
 
 
@@ -380,3 +382,31 @@ def codes_table() -> Iterator[str]:
     """The message table as Markdown rows (kept in sync with the README by a test)."""
     for m in MESSAGES.values():
         yield f"| `{m.code}` | {m.level} | {m.name} | {m.description} |"
+
+
+# -- the running mesh's trial compile ----------------------------------------------
+
+_COMPILE_LINE = re.compile(r"^(?P<file>.*?): (?P<rid>[^\s:/]+/[^\s:/]+/[^\s:/]+): (?P<field>\S+): (?P<message>.*)$", re.S)
+
+
+def own_resources(inputs: Inputs) -> list[dict[str, Any]]:
+    """The resources the ``files`` source would hold, as the control plane's ``validate`` method takes them."""
+    return [{"apiVersion": i.resource.api_version, "kind": i.resource.kind, "name": i.resource.name,
+             "namespace": i.resource.namespace, "labels": dict(i.resource.labels), "spec": i.resource.spec,
+             "file": i.resource.source.file, "line": i.resource.source.line}
+            for i in inputs.items if i.origin in ("config", "applied", "file")]
+
+
+def compile_findings(inputs: Inputs, problems: Iterable[str]) -> list[Finding]:
+    """The problem lines of a trial compile (``FILE: Kind/ns/name: field: problem``) as KW1004 findings."""
+    items = {i.key: i for i in inputs.items}
+    out = []
+    for line in problems:
+        m = _COMPILE_LINE.match(line)
+        key = tuple(m["rid"].split("/", 2)) if m else None
+        item = items.get(key) if key else None  # type: ignore[arg-type]
+        if m is None or item is None:
+            out.append(Finding("KW1004", line))
+            continue
+        out.append(item.finding("KW1004", _undotted(m["field"]), m["message"]))
+    return out

@@ -154,7 +154,7 @@ def _extra_files(names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from .analyze import Level, load_inputs, render
+    from .analyze import Level, compile_findings, load_inputs, own_resources, render
     from .analyzers import OFFLINE_SKIPPED, run_all
 
     target = args.dir or "."
@@ -193,6 +193,10 @@ def run_analyze(args: argparse.Namespace) -> int:
                          namespace=args.namespace or "default", forced_namespace=args.namespace is not None,
                          registry=registry)
     findings = run_all(inputs)
+    if registry is not None:  # what only the mesh's compilers know: the trial compile `apply` runs
+        reply = anyio.run(lambda: admin_call(mesh.state_dir, "validate", source="files",
+                                             resources=own_resources(inputs)))
+        findings = sorted([*findings, *compile_findings(inputs, reply.get("problems") or ())], key=lambda f: f.sort_key())
     shown = [f for f in findings if f.level >= Level[args.output_threshold]]
     if shown or args.output != "log":
         print(render(shown, args.output))
