@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from .harness import REPO, RunningMesh
+from .harness import REPO, RunningMesh, running_mesh
 
 #: Every scenario runs on each proxy engine.
 ENGINES = ["native", "envoy"]
@@ -16,11 +18,8 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def bookinfo(engine: str, tmp_path_factory: pytest.TempPathFactory):
-    mesh = RunningMesh(REPO / "examples" / "bookinfo", tmp_path_factory.mktemp(f"bookinfo-{engine}"), "--engine", engine)
-    try:
-        mesh.wait_ready()
+def bookinfo(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    """A Bookinfo mesh of its own for each test module and engine."""
+    with running_mesh(REPO / "examples" / "bookinfo", tmp_path_factory.mktemp(f"bookinfo-{engine}"),
+                      "--engine", engine) as mesh:
         yield mesh
-        mesh.stop()
-    finally:
-        mesh.kill_everything()

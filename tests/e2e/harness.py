@@ -13,7 +13,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,15 @@ class RunningMesh:
                 pass
         if not self._log.closed:
             self._log.close()
+
+
+@contextlib.contextmanager
+def running_mesh(source: Path, tmp: Path, *args: str) -> Iterator[RunningMesh]:
+    """A mesh started from `source` and ready; stopped as a user would on the way out, killed if that failed."""
+    mesh = RunningMesh(source, tmp, *args)
+    try:
+        mesh.wait_ready()
+        yield mesh
+        mesh.stop()
+    finally:
+        mesh.kill_everything()

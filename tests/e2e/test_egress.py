@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from .harness import RunningMesh, wait_for
+from .harness import RunningMesh, running_mesh, wait_for
 
 EGRESS = Path(__file__).resolve().parent / "egress"
 STATIC_HOST = "httpbin.external.test"  # not in any DNS: only the STATIC ServiceEntry can route it
@@ -69,13 +69,8 @@ def external() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def mesh(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    running = RunningMesh(EGRESS / "mesh", tmp_path_factory.mktemp(f"egress-{engine}"), "--engine", engine)
-    try:
-        running.wait_ready()
+    with running_mesh(EGRESS / "mesh", tmp_path_factory.mktemp(f"egress-{engine}"), "--engine", engine) as running:
         yield running
-        running.stop()
-    finally:
-        running.kill_everything()
 
 
 @pytest.fixture(scope="module")

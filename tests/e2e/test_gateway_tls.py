@@ -18,7 +18,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from .harness import REPO, RunningMesh, wait_for
+from .harness import RunningMesh, wait_for
 from knotwork.testing import make_ca, make_certificate
 
 HOST = "bookinfo.example.com"
@@ -73,15 +73,9 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def mesh(engine: str, tmp_path_factory: pytest.TempPathFactory):
-    running = RunningMesh(REPO / "examples" / "bookinfo", tmp_path_factory.mktemp(f"gateway-tls-{engine}"),
-                          "--engine", engine)
-    try:
-        running.wait_ready()
-        yield running
-        running.stop()
-    finally:
-        running.kill_everything()
+def mesh(bookinfo: RunningMesh) -> RunningMesh:
+    """This module's Bookinfo mesh (one per engine)."""
+    return bookinfo
 
 
 def https_port(mesh: RunningMesh) -> int:

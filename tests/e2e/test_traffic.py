@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from .harness import REPO, RunningMesh, wait_for
+from .harness import RunningMesh, wait_for
 
 TRAFFIC = Path(__file__).resolve().parent / "traffic"
 SERVED_BY = re.compile(r"Reviews served by:\s*(\S+?)(?:<|\s|$)")
@@ -34,16 +34,9 @@ V1, V2, V3 = "reviews-v1-1", "reviews-v2-1", "reviews-v3-1"
 
 
 @pytest.fixture(scope="module")
-def mesh(engine: str, tmp_path_factory: pytest.TempPathFactory):
-    """A Bookinfo mesh of its own for this module (one per engine)."""
-    running = RunningMesh(REPO / "examples" / "bookinfo", tmp_path_factory.mktemp(f"traffic-{engine}"),
-                          "--engine", engine)
-    try:
-        running.wait_ready()
-        yield running
-        running.stop()
-    finally:
-        running.kill_everything()
+def mesh(bookinfo: RunningMesh) -> RunningMesh:
+    """This module's Bookinfo mesh (one per engine)."""
+    return bookinfo
 
 
 # --------------------------------------------------------------------------- helpers
