@@ -204,6 +204,16 @@ def test_redirect_and_direct_response():
     assert only_route({"directResponse": {"status": 204}}).direct == DirectResponse(204, "")
 
 
+def test_redirect_scheme_and_port():
+    to_https = only_route({"redirect": {"scheme": "https", "port": 8443}}).redirect
+    assert (to_https.scheme, to_https.port, to_https.status) == ("https", 8443, 301)
+    assert only_route({"redirect": {"derivePort": "FROM_PROTOCOL_DEFAULT", "scheme": "https"}}).redirect.port == 0
+    assert only_route({"redirect": {"derivePort": "FROM_REQUEST_PORT"}}).redirect.port is None
+    assert only_route({"redirect": {"port": 8080, "derivePort": "FROM_PROTOCOL_DEFAULT"}}).redirect.port == 8080
+    with pytest.raises(ResourceError, match=r"redirect\.scheme: expected http or https, got 'ftp'"):
+        only_route({"redirect": {"scheme": "ftp"}})
+
+
 def test_destination_port_required_for_multi_port_service_without_context():
     svc = http_service("web", "default", 80, 8080)
     http = [{"route": [to("web")]}]

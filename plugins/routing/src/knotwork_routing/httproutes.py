@@ -203,13 +203,24 @@ def _retries(vs: Resource, value: Any, where: str) -> RetryPolicy | None:
 
 
 def _redirect(vs: Resource, spec: Mapping[str, Any], where: str) -> Redirect:
-    for key in ("scheme", "port", "derivePort"):
-        if key in spec:
-            warn_unsupported(vs, f"{where}.{key}")
+    """``redirect``: `port` wins over ``derivePort`` (``FROM_PROTOCOL_DEFAULT`` drops the port from
+    the location, ``FROM_REQUEST_PORT`` keeps the request's), as in Istio."""
+    port = as_int(vs, spec["port"], f"{where}.port") if spec.get("port") is not None else None
+    derive = spec.get("derivePort")
+    if port is None and derive is not None:
+        if derive not in ("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"):
+            raise ResourceError(vs, f"{where}.derivePort",
+                                f"expected FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT, got {derive!r}")
+        port = 0 if derive == "FROM_PROTOCOL_DEFAULT" else None
+    scheme = spec.get("scheme")
+    if scheme is not None and scheme not in ("http", "https"):
+        raise ResourceError(vs, f"{where}.scheme", f"expected http or https, got {scheme!r}")
     return Redirect(
         path=str(spec["uri"]) if spec.get("uri") else None,
         host=str(spec["authority"]) if spec.get("authority") else None,
         status=as_int(vs, spec.get("redirectCode", 301), f"{where}.redirectCode"),
+        scheme=scheme,
+        port=port,
     )
 
 
