@@ -362,6 +362,23 @@ def test_mirroring_reviews_v1_to_v2(mesh: RunningMesh, engine: str) -> None:
         assert not logged("reviews-v3")
 
 
+def test_mirror_errors_never_reach_the_client(mesh: RunningMesh, engine: str) -> None:
+    tag = f"mirror-err-{engine}-{uuid.uuid4().hex[:8]}"
+    ids = [f"{tag}-{i}" for i in range(20)]
+    with httpx.Client(timeout=10) as client, applied(
+            mesh, "destination-rule-all.yaml", "virtual-service-reviews-mirror-to-ratings.yaml"):
+        wait_for(lambda: all(api_podname(client, mesh) == V1 for _ in range(20)), 15, "reviews v1 only")
+        for rid in ids:
+            assert api_podname(client, mesh, {"x-request-id": rid}) == V1  # 200 from v1, every time
+
+        def mirrored_404s() -> set[str]:
+            lines = re.findall(r'"GET /reviews/0" 404 .*?rid=(\S+)', mesh.knotwork("logs", "ratings-v1").stdout)
+            return set(lines) & set(ids)
+
+        # ratings got every copy and answered each with 404; none of it reached the client
+        wait_for(lambda: mirrored_404s() == set(ids), 10, "every copy answered 404 by ratings")
+
+
 # --------------------------------------------------------------------------- 7. refused update
 
 def test_bad_update_is_refused_and_routing_stays(mesh: RunningMesh) -> None:
