@@ -33,7 +33,9 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # `make bench` (not part of `make test`): direct vs native and Envoy-engine sidecars,
-# see bench/README.md. BENCH_ARGS="--duration 3 --rounds 1" for a quick run.
+# route scale (100 VirtualServices x 10 routes vs one route) and push-to-serving,
+# see bench/README.md. BENCH_ARGS="--duration 3 --rounds 1" for a quick run,
+# BENCH_ARGS="--cases routes" for one case.
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP)
