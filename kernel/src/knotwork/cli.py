@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import threading
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ import anyio
 import structlog
 
 from .config import STATE_DIR, MeshError, find_mesh_file, load_mesh
-from .control import admin_call
 from .kernel import Hooks, PluginError, make_plugin_manager
 from .records import ProxyContext
 
@@ -155,6 +153,8 @@ def cmd_proxy(args: argparse.Namespace, hooks: Hooks) -> int:
 
 
 def _ask_control(args: argparse.Namespace, method: str) -> Any:
+    from .control import admin_call
+
     state_dir = find_mesh_file(args.mesh).absolute().parent / STATE_DIR
     try:
         return anyio.run(admin_call, state_dir, method)["proxies"]
@@ -173,6 +173,8 @@ _ENVOY_DUMP = {
 
 
 def cmd_proxy_config(args: argparse.Namespace, hooks: Hooks) -> int:
+    import urllib.request
+
     nodes = [n for n in _ask_control(args, "proxies")
              if args.workload in (n["workload"], n["instance"], n["id"]) and n["admin"]]
     if not nodes:
