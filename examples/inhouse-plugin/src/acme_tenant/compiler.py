@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from knotwork.proxyconfig import SnapshotBuilder
-from knotwork.records import CompileInput
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the kernel's proxy config types are slow to import
+    from knotwork.proxyconfig import SnapshotBuilder
+    from knotwork.records import CompileInput
 
 NAME = "tenant"
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from knotwork.proxyconfig import LbEndpoint
+if TYPE_CHECKING:  # annotations only: the kernel's proxy config types are slow to import
+    from knotwork.proxyconfig import LbEndpoint
 
 __all__ = ["LeastRequest", "Random"]
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from knotwork.proxyconfig import LbEndpoint
+if TYPE_CHECKING:  # annotations only: the kernel's proxy config types are slow to import
+    from knotwork.proxyconfig import LbEndpoint
 
 __all__ = ["MAX_RING_WORK", "RoundRobin", "smooth_weighted_order"]
 

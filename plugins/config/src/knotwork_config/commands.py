@@ -21,13 +21,13 @@ from typing import Any
 import anyio
 
 from knotwork.config import STATE_DIR, find_mesh_file, load_mesh
-from knotwork.control import admin_call
 from knotwork.records import CliCommand
-from knotwork.wire import JSONCodec
 
-from .parse import ConfigError, parse_resources
 from .settings import FilesSettings
-from .source import CONFIG_METHOD, CONFIG_SOCKET
+
+# The parser (YAML, the Istio schemas), the config socket's client and the
+# control plane's admin client are imported by the commands that use them:
+# every `knotwork` command loads this module to build its parser.
 
 __all__ = ["ANALYZE_ISSUES", "COMMANDS", "NotRunning", "call"]
 
@@ -45,6 +45,10 @@ async def call(state_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
     """One request to the config socket in `state_dir`; raises NotRunning."""
     from grpclib.client import Channel
     from grpclib.const import Cardinality
+
+    from knotwork.wire import JSONCodec
+
+    from .source import CONFIG_METHOD, CONFIG_SOCKET
 
     path = Path(state_dir) / CONFIG_SOCKET
     if not path.exists():
@@ -69,6 +73,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _read(name: str) -> str:
+    from .parse import ConfigError
+
     if name == "-":
         return sys.stdin.read()
     try:
@@ -79,6 +85,8 @@ def _read(name: str) -> str:
 
 
 def _run(args: argparse.Namespace, method: str) -> int:
+    from .parse import ConfigError, parse_resources
+
     namespace = args.namespace or "default"
     texts: list[tuple[str, str]] = []
     problems: list[str] = []
@@ -139,6 +147,8 @@ def configure_analyze(p: argparse.ArgumentParser) -> None:
 
 def _extra_files(names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """(name, text) of every -f file (folders: their *.yaml/*.yml, recursively), and the read problems."""
+    from .parse import ConfigError
+
     out, problems = [], []
     for name in names:
         path = Path(name)
@@ -154,6 +164,8 @@ def _extra_files(names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    from knotwork.control import admin_call
+
     from .analyze import Level, compile_findings, load_inputs, own_resources, render
     from .analyzers import OFFLINE_SKIPPED, run_all
 

@@ -1,18 +1,29 @@
-"""Hook implementations of the `local` plugin."""
+"""Hook implementations of the `local` plugin.
+
+The platform component is imported when the control plane builds it, and each
+command's implementation when it runs: every `knotwork` command loads this module.
+"""
 
 from __future__ import annotations
 
-from knotwork import Component, hookimpl
+from typing import Any
+
+from knotwork import Component, ComponentContext, hookimpl
 
 from .commands import COMMANDS
-from .platform import LocalPlatform
 from .settings import LocalSettings
+
+
+def local_platform(ctx: ComponentContext) -> Any:
+    from .platform import LocalPlatform
+
+    return LocalPlatform(ctx)
 
 
 @hookimpl
 def knotwork_platforms():
     return [Component(
-        name="local", factory=LocalPlatform, settings=LocalSettings,
+        name="local", factory=local_platform, settings=LocalSettings,
         description="workloads as processes on this machine (`knotwork up`), discovered from up's state socket",
     )]
 

@@ -11,23 +11,26 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
 from knotwork.cli import UsageError, configure_logging
 from knotwork.config import STATE_DIR, find_mesh_file, load_mesh
-from knotwork.control import admin_call
 from knotwork.records import CliCommand
 
 from . import logs
 from .ports import plan_ports
-from .process import describe_exit
 from .settings import LocalSettings
 from .state import is_running, read_state, route_lines
 from .launch import Launch
-from .supervisor import Supervisor
+
+# The supervisor, process handling and the control plane's admin client are
+# imported by the commands that use them: every `knotwork` command loads this
+# module to build its parser.
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
 
 __all__ = ["COMMANDS", "run_status", "run_up"]
 
@@ -50,6 +53,8 @@ def configure_up(p: argparse.ArgumentParser) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from .supervisor import Supervisor
+
     mesh = load_mesh(args.dir, args.hooks, engine=args.engine)
     if mesh.plugins.platform != "local":
         raise UsageError(f"runs the local platform; {mesh.path} selects platform {mesh.plugins.platform!r}")
@@ -115,6 +120,8 @@ def state_dir_of(target: str | None) -> Path:
 
 
 async def _control_status(state_dir: Path) -> dict[str, Any] | None:
+    from knotwork.control import admin_call
+
     try:
         with anyio.fail_after(2.0):
             status = await admin_call(state_dir, "status")
@@ -143,6 +150,8 @@ def _yes(value: Any) -> str:
 
 
 def _exit(value: int | None) -> str:
+    from .process import describe_exit
+
     return "-" if value is None else describe_exit(value)
 
 

@@ -6,9 +6,24 @@ one proxy's listeners, route tables, clusters and endpoint sets. The router
 (:class:`HostRouter`) matches requests against a compiled route table.
 """
 
-from .compile import SLOTS, compile_proxy
+from importlib import import_module
+from typing import Any
+
 from .durations import parse_duration
 from .errors import ResourceError
-from .router import HostRouter
+from .slots import SLOTS
 
 __all__ = ["SLOTS", "HostRouter", "ResourceError", "compile_proxy", "parse_duration"]
+
+
+#: Imported on first use (the compiler needs ``cryptography``, the router the
+#: kernel's proxy config types): loading the plugin (`_hooks`) must stay cheap.
+_LAZY = {"compile_proxy": ".compile", "HostRouter": ".router"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

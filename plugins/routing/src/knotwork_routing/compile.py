@@ -36,12 +36,11 @@ from .egress import add_passthrough, outbound_policy, passthrough_virtual_host
 from .gateway import add_gateways
 from .hosts import inbound_cluster, is_http
 from .outbound import OUTBOUND, default_route, outbound_route_table
+from .slots import SLOTS
 from .tcproutes import tcp_route
 
 __all__ = ["SLOTS", "compile_proxy", "served_services"]
 
-#: The resource types this compiler creates (secrets: a Gateway's certificates, read from files).
-SLOTS = frozenset({"listeners", "routes", "clusters", "endpoints", "secrets"})
 LOOPBACK = "127.0.0.1"
 
 
