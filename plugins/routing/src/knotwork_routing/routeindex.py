@@ -148,19 +148,23 @@ def _scan(candidates: _Candidates, needs_path: bool) -> VHostMatcher:
     return match_with_path
 
 
+def _longest_prefix(path: str, lengths: tuple[int, ...], prefix_get: Any, fallback: _Candidates) -> _Candidates:
+    """The candidates of the longest indexed prefix of `path` (`lengths` longest first), else `fallback`."""
+    size = len(path)
+    for length in lengths:  # longest first: the first hit is the longest prefix
+        if length <= size:
+            found = prefix_get(path[:length])
+            if found is not None:
+                return found
+    return fallback
+
+
 def _prefixes_only(by_prefix: dict[str, _Candidates], lengths: tuple[int, ...], fallback: _Candidates) -> VHostMatcher:
     prefix_get = by_prefix.get
 
     def match(request: Any) -> Route | None:
         path = request.path
-        candidates = fallback
-        size = len(path)
-        for length in lengths:  # longest first: the first hit is the longest prefix
-            if length <= size:
-                found = prefix_get(path[:length])
-                if found is not None:
-                    candidates = found
-                    break
+        candidates = _longest_prefix(path, lengths, prefix_get, fallback)
         for check, route in candidates:
             if check is None or check(request, ""):
                 return route
@@ -180,14 +184,7 @@ def _indexed(by_exact: dict[str, _Candidates], by_prefix: dict[str, _Candidates]
             path = path[:q]
         candidates = exact_get(path)
         if candidates is None:
-            candidates = fallback
-            size = len(path)
-            for length in lengths:  # longest first: the first hit is the longest prefix
-                if length <= size:
-                    found = prefix_get(path[:length])
-                    if found is not None:
-                        candidates = found
-                        break
+            candidates = _longest_prefix(path, lengths, prefix_get, fallback)
         for check, route in candidates:
             if check is None or check(request, path):
                 return route
