@@ -54,6 +54,6 @@ def knotwork_compilers() -> list[Compiler]:
             area="networking",
             slots=SLOTS,
             compile=compile_proxy,
-            description="services, VirtualService, DestinationRule subsets and Gateway → listeners, routes, clusters",
+            description="services, ServiceEntry, VirtualService, DestinationRule, Gateway and Sidecar → listeners, routes, clusters",
         )
     ]
