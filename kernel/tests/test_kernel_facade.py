@@ -269,3 +269,20 @@ def test_no_trace_without_the_env(monkeypatch, capture_logs):
     monkeypatch.delenv("KNOTWORK_TRACE_HOOKS", raising=False)
     Hooks(make_plugin_manager(entry_points=False, plugins=[("one", Routers("host"))])).registry()
     assert capture_logs == []
+
+
+def test_lazy_imports_its_target_on_the_first_call_only():
+    import sys
+
+    from knotwork import lazy
+
+    sys.modules.pop("colorsys", None)
+    to_hls = lazy("colorsys:rgb_to_hls")
+    assert "colorsys" not in sys.modules  # naming it imports nothing
+    assert to_hls(1.0, 0.0, 0.0) == (0.0, 0.5, 1.0)
+    assert "colorsys" in sys.modules
+    assert to_hls.__name__ == "lazy(colorsys:rgb_to_hls)"
+    with pytest.raises(ValueError, match="expected 'package.module:name'"):
+        lazy("colorsys.rgb_to_hls")
+    with pytest.raises(AttributeError):
+        lazy("colorsys:nope")()

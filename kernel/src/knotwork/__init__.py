@@ -7,7 +7,7 @@ and return records from :mod:`knotwork.records`.
 import pluggy
 
 from .model import Endpoint, Identity, MeshSettings, OutboundTrafficPolicy, PlatformSnapshot, Protocol, ProxyNode, Resource, Service, ServicePort, Workload
-from .records import AttestationClaim, CliCommand, Compiler, CompileInput, Component, ComponentContext, ProxyContext, ProxyEngine, Strategy
+from .records import AttestationClaim, CliCommand, Compiler, CompileInput, Component, ComponentContext, ProxyContext, ProxyEngine, Strategy, lazy
 
 hookimpl = pluggy.HookimplMarker("knotwork")
 
@@ -33,4 +33,5 @@ __all__ = [
     "Strategy",
     "Workload",
     "hookimpl",
+    "lazy",
 ]

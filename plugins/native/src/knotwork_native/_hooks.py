@@ -7,23 +7,9 @@ command loads this module, few of them run a proxy or a control plane.
 
 from __future__ import annotations
 
-from typing import Any
-
-from knotwork import ComponentContext, ProxyContext, ProxyEngine, hookimpl
+from knotwork import ProxyEngine, hookimpl, lazy
 
 from .settings import NativeSettings
-
-
-def control_server(ctx: ComponentContext, cache: Any) -> Any:
-    from .server import NativeServer
-
-    return NativeServer(ctx, cache)
-
-
-def proxy(ctx: ProxyContext) -> Any:
-    from .proxy import NativeProxy
-
-    return NativeProxy(ctx)
 
 
 @hookimpl
@@ -31,8 +17,8 @@ def knotwork_proxy_engines() -> list[ProxyEngine]:
     return [
         ProxyEngine(
             name="native",
-            control_server=control_server,
-            proxy=proxy,
+            control_server=lazy("knotwork_native.server:NativeServer"),
+            proxy=lazy("knotwork_native.proxy:NativeProxy"),
             settings=NativeSettings,
             description="asyncio sidecars and gateways (uvloop + httptools), config over grpclib",
         )

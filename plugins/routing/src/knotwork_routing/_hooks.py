@@ -8,28 +8,9 @@ this module; few of them compile or route.
 
 from __future__ import annotations
 
-from typing import Any
-
-from knotwork import Compiler, Strategy, hookimpl
+from knotwork import Compiler, Strategy, hookimpl, lazy
 
 from .slots import SLOTS
-
-_compile_proxy: Any = None
-
-
-def host_router(table: Any, settings: Any = None) -> Any:
-    """A :class:`knotwork_routing.router.HostRouter` for `table`."""
-    from .router import HostRouter
-
-    return HostRouter(table, settings)
-
-
-def compile_proxy(builder: Any, inp: Any) -> None:
-    """:func:`knotwork_routing.compile.compile_proxy`, imported on the first call."""
-    global _compile_proxy
-    if _compile_proxy is None:
-        from .compile import compile_proxy as _compile_proxy
-    _compile_proxy(builder, inp)
 
 
 @hookimpl
@@ -38,7 +19,7 @@ def knotwork_routers() -> list[Strategy]:
     return [
         Strategy(
             name="host",
-            factory=host_router,
+            factory=lazy("knotwork_routing.router:HostRouter"),
             description="domain lookup (exact, wildcards, *) then the first matching route, compiled once",
             engines=frozenset({"native", "envoy"}),
         )
@@ -53,7 +34,7 @@ def knotwork_compilers() -> list[Compiler]:
             name="networking",
             area="networking",
             slots=SLOTS,
-            compile=compile_proxy,
+            compile=lazy("knotwork_routing.compile:compile_proxy"),
             description="services, ServiceEntry, VirtualService, DestinationRule, Gateway and Sidecar → listeners, routes, clusters",
         )
     ]
