@@ -30,7 +30,7 @@ from .kernel import Hooks
 from .model import PlatformSnapshot, Resource, SourceRef
 from .proxyconfig import TYPE_ORDER, ProxySnapshot, SnapshotBuilder, wire
 from .records import CompileInput, Compiler, ComponentContext
-from .wire import JSONCodec, JsonService, unary
+from .wire import JSONCodec, JsonService, serving, unary
 
 __all__ = ["ControlPlane", "compile_proxy"]
 
@@ -265,22 +265,10 @@ class ControlPlane:
         return rows
 
     async def _serve_admin(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        path = Path(self.mesh.state_dir) / "control.sock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
         server = Server([JsonService({"/knotwork.v1.Admin/Call": unary(self._admin)})], codec=JSONCodec())
-        old = os.umask(0o177)
-        try:
-            await server.start(path=str(path))
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        task_status.started()
-        try:
+        async with serving(server, path=Path(self.mesh.state_dir) / "control.sock"):
+            task_status.started()
             await anyio.sleep_forever()
-        finally:
-            server.close()
-            path.unlink(missing_ok=True)
 
 
 async def admin_call(state_dir: Path, method: str, **args: Any) -> dict:

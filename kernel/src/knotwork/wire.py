@@ -7,14 +7,19 @@ attrs resources travel unstructured without a protobuf schema.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
+
+import anyio
 
 from grpclib.const import Cardinality, Handler
 from grpclib.encoding.base import CodecBase
 
-__all__ = ["JSONCodec", "JsonService", "unary"]
+__all__ = ["JSONCodec", "JsonService", "serving", "unary"]
 
 
 class JSONCodec(CodecBase):
@@ -51,3 +56,34 @@ def unary(fn: Callable[[dict], Any]) -> tuple[Callable[..., Any], Cardinality]:
         await stream.send_message(await fn(request or {}))
 
     return handle, Cardinality.UNARY_UNARY
+
+
+@contextlib.asynccontextmanager
+async def serving(server: Any, *, listen: tuple[str, int] | None = None, path: Path | None = None) -> AsyncIterator[Any]:
+    """Run the grpclib `server` for the block: on `listen` (host, port; yields the bound
+    address, so port 0 works) or on a unix socket at `path` that only this user may
+    use (mode 0600, an old socket file replaced; yields `path`). On the way out the
+    server is closed, calls in flight get up to a second, and the socket file goes.
+    """
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        old = os.umask(0o177)
+        try:
+            await server.start(path=str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        bound: Any = path
+    else:
+        host, port = listen or ("127.0.0.1", 0)
+        await server.start(host, port, reuse_address=True)
+        bound = server._server.sockets[0].getsockname()[:2]  # noqa: SLF001 - grpclib exposes no bound address
+    try:
+        yield bound
+    finally:
+        server.close()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+            await server.wait_closed()
+        if path is not None:
+            path.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ is refused whole and logged; its previous content stays in force.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from grpclib.server import Server
 
 from knotwork.model import PlatformSnapshot
 from knotwork.records import ComponentContext
-from knotwork.wire import JSONCodec, JsonService, unary
+from knotwork.wire import JSONCodec, JsonService, serving, unary
 
 from .parse import ConfigError, parse_resources
 from .settings import FilesSettings
@@ -165,18 +164,7 @@ class FilesSource:
         return {"outcome": outcome, "version": self.version}
 
     async def _serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
         server = Server([JsonService({CONFIG_METHOD: unary(self._call)})], codec=JSONCodec())
-        old = os.umask(0o177)
-        try:
-            await server.start(path=str(self.socket_path))
-        finally:
-            os.umask(old)
-        os.chmod(self.socket_path, 0o600)
-        task_status.started()
-        try:
+        async with serving(server, path=self.socket_path):
+            task_status.started()
             await anyio.sleep_forever()
-        finally:
-            server.close()
-            self.socket_path.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ from knotwork.proxyconfig import (
     Cluster, EndpointSet, LbEndpoint, Listener, ProxySnapshot, Route, RouteAction, RouteTable, VirtualHost, WeightedCluster,
 )
 from knotwork.records import ComponentContext
+from knotwork.wire import serving
 
 from .httpio import parse_address
 from .settings import EnvoySettings
@@ -113,17 +114,10 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
         # lazily): pay it now, off the loop, rather than on the first proxy's first response.
         await anyio.to_thread.run_sync(warm_up)
         server = _Server([self])
-        await server.start(*self.listen, reuse_address=True)
-        sock = server._server.sockets[0]  # noqa: SLF001 - grpclib exposes no bound address
-        self.address = sock.getsockname()[:2]
-        log.info("xDS (ADS) server listening", address=f"{self.address[0]}:{self.address[1]}")
-        task_status.started()
-        try:
+        async with serving(server, listen=self.listen) as self.address:
+            log.info("xDS (ADS) server listening", address=f"{self.address[0]}:{self.address[1]}")
+            task_status.started()
             await anyio.sleep_forever()
-        finally:
-            server.close()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                await server.wait_closed()
 
     # ── encoding ─────────────────────────────────────────────────────────
     def _encode(self, type_key: str, name: str, resource: Any, tunnels: bool = False, endpoints: Any = None) -> Any:

@@ -20,7 +20,7 @@ from grpclib.server import Server
 from knotwork.distribution import AdsSession, DiscoveryRequest, ResourceCache, SnapshotCache, StreamStatus
 from knotwork.proxyconfig import RESOURCE_TYPES, wire
 from knotwork.records import ComponentContext
-from knotwork.wire import JSONCodec, JsonService
+from knotwork.wire import JSONCodec, JsonService, serving
 
 log = structlog.get_logger("knotwork.native.server").bind(plugin="native")
 METHOD = "/knotwork.v1.Discovery/Stream"
@@ -51,15 +51,10 @@ class NativeServer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         server = Server([JsonService({METHOD: (self._stream, Cardinality.STREAM_STREAM)})], codec=JSONCodec())
-        await server.start(*self.listen, reuse_address=True)
-        sock = server._server.sockets[0]  # noqa: SLF001 - grpclib exposes no bound address
-        self.address = sock.getsockname()[:2]
-        log.info("native distribution listening", address=f"{self.address[0]}:{self.address[1]}")
-        task_status.started()
-        try:
+        async with serving(server, listen=self.listen) as self.address:
+            log.info("native distribution listening", address=f"{self.address[0]}:{self.address[1]}")
+            task_status.started()
             await anyio.sleep_forever()
-        finally:
-            server.close()
 
     def _encode(self, type_key: str, name: str, version: str, resource: Any) -> dict:
         return self.encoded.get((type_key, name, version), lambda: {
