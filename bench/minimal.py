@@ -17,7 +17,7 @@ import argparse
 import asyncio
 
 import httptools
-from upstream import serve_protocol  # the same listener set-up as the upstream (bench/ is on sys.path)
+from upstream import RequestProtocol, serve_protocol  # shared with the upstream (bench/ is on sys.path)
 
 try:
     import uvloop
@@ -61,25 +61,15 @@ class Upstream(asyncio.Protocol):
             down.transport.close()
 
 
-class Downstream(asyncio.Protocol):
-    __slots__ = ("head", "keep", "parser", "proxy", "transport", "url")
+class Downstream(RequestProtocol):
+    __slots__ = ("head", "keep", "proxy", "url")
 
     def __init__(self, proxy: MinimalProxy) -> None:
+        super().__init__()
         self.proxy = proxy
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
         self.url = b""
         self.head: list[bytes] = []
         self.keep = True
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.transport.close()  # type: ignore[union-attr]
 
     def on_url(self, url: bytes) -> None:
         self.url += url

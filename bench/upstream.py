@@ -29,13 +29,12 @@ def canned(body: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
 
-class CannedProtocol(asyncio.Protocol):
-    """Answers every request on the connection with the same bytes."""
+class RequestProtocol(asyncio.Protocol):
+    """A server connection that feeds an httptools request parser (calling back into the subclass)."""
 
-    __slots__ = ("parser", "response", "transport")
+    __slots__ = ("parser", "transport")
 
-    def __init__(self, response: bytes) -> None:
-        self.response = response
+    def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
 
@@ -47,6 +46,16 @@ class CannedProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self.transport.close()  # type: ignore[union-attr]
+
+
+class CannedProtocol(RequestProtocol):
+    """Answers every request on the connection with the same bytes."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: bytes) -> None:
+        super().__init__()
+        self.response = response
 
     def on_message_complete(self) -> None:
         transport = self.transport
