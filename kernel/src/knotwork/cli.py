@@ -128,11 +128,13 @@ def cmd_control(args: argparse.Namespace, hooks: Hooks) -> int:
     from .control import ControlPlane
 
     mesh = _load(args, hooks, engine=args.engine)
-    run_until_signalled(ControlPlane(mesh, hooks, listen=args.listen).run)
+    run_until_signalled(ControlPlane(mesh, hooks, listen=args.listen, ca_listen=args.ca_listen).run)
     return 0
 
 
 def cmd_proxy(args: argparse.Namespace, hooks: Hooks) -> int:
+    from .identity import BUNDLE_FILE, CREDENTIAL_ENV
+
     mesh = _load(args, hooks, engine=args.engine) if args.mesh else None
     engine_name = args.engine or (mesh.plugins.engine if mesh else "native")
     engines = hooks.registry()["proxy_engines"]
@@ -146,6 +148,9 @@ def cmd_proxy(args: argparse.Namespace, hooks: Hooks) -> int:
         node_id=args.node, control_address=args.control, admin_port=args.admin_port, settings=settings,
         strategies=hooks.strategies(), strategy_settings=dict(mesh.settings) if mesh else {},
         drain_timeout=args.drain_timeout, state_dir=mesh.state_dir if mesh else None,
+        ca_address=args.ca, identity=args.identity, credential=os.environ.pop(CREDENTIAL_ENV, ""),
+        bundle_file=Path(args.bundle) if args.bundle else (mesh.state_dir / BUNDLE_FILE if mesh else None),
+        platform=mesh.plugins.platform if mesh else "local",
     )
     structlog.contextvars.bind_contextvars(node=args.node)
     run_until_signalled(engine.proxy(ctx).run)
@@ -249,6 +254,7 @@ def build_parser(hooks: Hooks) -> argparse.ArgumentParser:
     p = sub.add_parser("control", help="run the control plane of a mesh")
     _mesh_arg(p)
     p.add_argument("--listen", default="127.0.0.1:0", help="address of the config distribution server")
+    p.add_argument("--ca-listen", default="127.0.0.1:0", help="address of the certificate service")
     p.add_argument("--engine", help="override the mesh file's proxy engine")
     p.set_defaults(func=cmd_control)
     p = sub.add_parser("proxy", help="run one sidecar or gateway proxy")
@@ -258,6 +264,11 @@ def build_parser(hooks: Hooks) -> argparse.ArgumentParser:
     p.add_argument("--control", required=True, help="control plane address HOST:PORT")
     p.add_argument("--admin-port", type=int, default=0, help="admin port on 127.0.0.1 (/ready, /status)")
     p.add_argument("--drain-timeout", type=float, default=3.0, help="seconds to drain in-flight requests on stop")
+    p.add_argument("--ca", metavar="HOST:PORT", help="the certificate service (default: none, no mesh mTLS)")
+    p.add_argument("--identity", metavar="SPIFFE_ID", help="the identity this proxy claims (with --ca); the "
+                   "platform's one-time credential comes in the KNOTWORK_CREDENTIAL environment variable")
+    p.add_argument("--bundle", metavar="FILE", help="trust bundle that verifies the control plane "
+                   "(default: the mesh's .knotwork/trust-bundle.pem)")
     p.set_defaults(func=cmd_proxy)
     p = sub.add_parser("proxy-config", help="the effective config of a workload's proxies (from their admin)")
     p.add_argument("workload", metavar="WORKLOAD", help="workload, instance or node id")

@@ -7,11 +7,19 @@ proxy's config with the selected plugins' compilers, checks it, and hands it
 to the engine's distribution server through a :class:`SnapshotCache`. A proxy
 whose compile fails keeps its last good snapshot. The admin socket (grpclib,
 JSON, a 0600 unix socket in the state directory) answers the CLI.
+
+With a certificate authority selected, the control plane also serves the
+certificate service (:mod:`knotwork.identity`) on `ca_listen`, writes the
+trust bundle to the state directory for proxies to verify it by, and holds
+an SVID of its own: the engine's distribution server then requires mTLS,
+and a proxy may only stream the config of a node whose identity its SVID
+proves (no node-id spoofing).
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -26,11 +34,12 @@ from grpclib.server import Server
 
 from .config import Mesh
 from .distribution import SnapshotCache
+from .identity import BUNDLE_FILE, CertificateService, Svid, make_csr, make_key, self_issued_ip, server_context
 from .kernel import Hooks
 from .model import PlatformSnapshot, Resource, SourceRef
 from .proxyconfig import TYPE_ORDER, ProxySnapshot, SnapshotBuilder, wire
 from .records import CompileInput, Compiler, ComponentContext
-from .wire import JSONCodec, JsonService, serving, unary
+from .wire import JSONCodec, JsonService, parse_address, serving, unary
 
 __all__ = ["ControlPlane", "compile_proxy"]
 
@@ -65,8 +74,13 @@ def _problem(exc: Exception) -> str:
 class ControlPlane:
     """Runs platforms, compiles, distributes. One per mesh."""
 
-    def __init__(self, mesh: Mesh, hooks: Hooks, *, listen: str = "127.0.0.1:0") -> None:
-        self.mesh, self.hooks, self.listen = mesh, hooks, listen
+    def __init__(self, mesh: Mesh, hooks: Hooks, *, listen: str = "127.0.0.1:0", ca_listen: str = "127.0.0.1:0") -> None:
+        self.mesh, self.hooks, self.listen, self.ca_listen = mesh, hooks, listen, ca_listen
+        self.ca: Any = None
+        self.certificates: CertificateService | None = None
+        self.svid: Svid | None = None
+        self._tls: list[Any] = []  # the server contexts presenting self.svid, reloaded on renewal
+        self.ca_address: tuple[str, int] | None = None
         self.cache = SnapshotCache()
         self.sources: dict[str, PlatformSnapshot] = {}
         self.expected: set[str] = set()
@@ -98,7 +112,11 @@ class ControlPlane:
         send, receive = anyio.create_memory_object_stream[PlatformSnapshot](64)
         async with anyio.create_task_group() as tg:
             engine = reg["proxy_engines"][self.mesh.plugins.engine]
-            server = engine.control_server(self.context(engine.name, listen=self.listen), self.cache)
+            secure: dict[str, Any] = {}
+            if self.mesh.plugins.certificate_authority:
+                await tg.start(self._serve_certificates, reg["certificate_authorities"][self.mesh.plugins.certificate_authority])
+                secure = {"ssl": self._server_tls(require_client=True), "authorize": self.authorize_node}
+            server = engine.control_server(self.context(engine.name, listen=self.listen, **secure), self.cache)
             await tg.start(server.run)
             await tg.start(self._serve_admin)
             tg.start_soon(self._merge, receive)
@@ -111,6 +129,61 @@ class ControlPlane:
                     await tg.start(component.run, send.clone())
             log.info("control plane started", engine=engine.name, sources=sorted(self.expected))
             task_status.started()
+
+    # -- identity -----------------------------------------------------------
+    def _issue_own(self) -> None:
+        """(Re)issue the control plane's SVID (its key made here) and reload every context serving it."""
+        mesh = self.mesh.mesh
+        spiffe_id = f"spiffe://{mesh.trust_domain}/ns/{mesh.root_namespace}/sa/knotwork-control"
+        key = make_key()
+        from cryptography import x509
+
+        csr = x509.load_pem_x509_csr(make_csr(key, spiffe_id).encode())
+        ips = sorted({"127.0.0.1", *self_issued_ip(self.listen), *self_issued_ip(self.ca_listen)})
+        chain = self.ca.sign(csr, spiffe_id, dns_names=("knotwork-control", f"knotwork-control.{mesh.root_namespace}.svc",
+                                                         "localhost"), ip_addresses=ips)
+        self.svid = Svid.build(chain, key, self.ca.trust_bundle(), self.ca.rotate_at)
+        bundle = Path(self.mesh.state_dir) / BUNDLE_FILE
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        tmp = bundle.with_suffix(".tmp")
+        tmp.write_text(self.svid.bundle_pem)
+        os.chmod(tmp, 0o644)
+        tmp.replace(bundle)
+        from .identity import load_chain
+
+        for ctx in self._tls:
+            load_chain(ctx, self.svid.chain_pem, self.svid.key_pem)
+
+    def _server_tls(self, *, require_client: bool) -> Any:
+        assert self.svid is not None
+        ctx = server_context(self.svid, alpn=("h2",), require_client=require_client, min_version=ssl.TLSVersion.TLSv1_2)
+        self._tls.append(ctx)
+        return ctx
+
+    def authorize_node(self, node_id: str, peer_id: str | None) -> str | None:
+        """Why a caller proven as `peer_id` may not stream node `node_id`'s config (None: it may)."""
+        if peer_id is None:
+            return "no client certificate: the config stream needs the proxy's SVID"
+        nodes = [n for p in self.sources.values() for n in p.proxies if n.id == node_id]
+        if not nodes:
+            return f"no proxy {node_id!r} is known"
+        if nodes[0].identity != peer_id:
+            return f"node {node_id!r} runs as {nodes[0].identity}, not {peer_id}"
+        return None
+
+    async def _serve_certificates(self, record: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.ca = record.factory(self.context(record.name))
+        self._issue_own()
+        self.certificates = CertificateService(self.ca, self.hooks.attest_workload, self.mesh.mesh.trust_domain)
+        server = Server([JsonService(self.certificates.handlers())], codec=JSONCodec())
+        async with serving(server, listen=parse_address(self.ca_listen), ssl=self._server_tls(require_client=False)) as bound:
+            self.ca_address = bound
+            log.info("certificate service listening", address=f"{bound[0]}:{bound[1]}", identity=self.svid.spiffe_id)
+            task_status.started()
+            while True:
+                await anyio.sleep(max(1.0, self.svid.renew_at - time.time()))
+                self._issue_own()
+                log.info("control plane certificate renewed", serial=format(self.svid.serial, "x"))
 
     async def _merge(self, receive: Any) -> None:
         async with receive:
@@ -202,7 +275,9 @@ class ControlPlane:
                                  "instance": n.metadata.get("instance", "")}
                                 for p in self.sources.values() for n in p.proxies]}
         if method == "status":
-            return {"version": self.version, "pushes": self.pushes, "pid": os.getpid(), "uptime": time.time() - self.started,
+            return {"version": self.version, "ca": None if self.ca_address is None else {
+                        "address": "%s:%d" % self.ca_address, "signed": self.certificates.signed,
+                        "refused": self.certificates.refused}, "pushes": self.pushes, "pid": os.getpid(), "uptime": time.time() - self.started,
                     "sources": {k: {"version": v.version, "synced": v.synced} for k, v in self.sources.items()},
                     "compile_errors": self.compile_errors}
         if method == "config":

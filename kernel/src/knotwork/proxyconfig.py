@@ -51,8 +51,15 @@ __all__ = [
     "RouteAction",
     "RouteMatch",
     "RouteTable",
+    "MESH_ALPN_HTTP",
+    "MESH_ALPN_SERVER",
+    "MESH_ALPN_TCP",
+    "PEER_MODES",
+    "PeerTls",
     "Secret",
     "ServerTls",
+    "UPSTREAM_MODES",
+    "UpstreamTls",
     "SlotError",
     "SnapshotBuilder",
     "StringMatch",
@@ -298,6 +305,69 @@ class ServerTls:
     alpn: tuple[str, ...] = ("http/1.1",)
 
 
+#: The modes of :class:`PeerTls` (Istio PeerAuthentication ``mtls.mode``, UNSET resolved by the compiler).
+PEER_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+#: The modes of :class:`UpstreamTls` (Istio DestinationRule ``tls.mode``, DISABLE meaning no `tls` at all).
+UPSTREAM_MODES = ("ISTIO_MUTUAL", "SIMPLE", "MUTUAL")
+#: ALPN a sidecar offers a peer sidecar over mesh mTLS, as Istio's Envoy does: the
+#: ``istio-*`` names tell the server it is talking to a mesh peer.
+MESH_ALPN_HTTP = ("istio-http/1.1", "istio", "http/1.1")
+MESH_ALPN_TCP = ("istio-peer-exchange", "istio")
+#: What an inbound listener accepts over mesh mTLS (Istio's inbound filter chain match).
+MESH_ALPN_SERVER = ("istio-http/1.0", "istio-http/1.1", "istio-h2", "istio-peer-exchange", "istio", "http/1.1")
+
+
+@attrs.frozen
+class PeerTls:
+    """The mesh mTLS an inbound sidecar listener accepts (Istio PeerAuthentication).
+
+    `mode`: ``STRICT`` — only TLS 1.3 connections whose client presents an
+    SVID of the mesh's trust bundle; ``PERMISSIVE`` — those and plaintext on
+    the same port, told apart per connection by peeking at the first bytes
+    (a TLS ClientHello starts ``0x16 0x03``); ``DISABLE`` — plaintext only.
+    The certificate the listener presents is the proxy's own SVID, which is
+    never in a snapshot: each engine gets it from its workload identity
+    (:mod:`knotwork.identity`). Over mTLS the engine knows the peer's SPIFFE
+    ID for every request (`ConnectionView.peer_identity`) and tells the app in
+    ``x-forwarded-client-cert`` (``By=<own id>;URI=<peer id>``), as Istio does.
+    """
+
+    mode: str = "PERMISSIVE"
+    trust_domain: str = "cluster.local"
+
+
+@attrs.frozen
+class UpstreamTls:
+    """TLS a cluster's connections use (Istio DestinationRule ``trafficPolicy.tls``, or auto-mTLS).
+
+    ``ISTIO_MUTUAL``: mesh mTLS with the proxy's own SVID; the server must
+    present one of `identities` (SPIFFE IDs: the identities of the
+    destination's endpoints), checked before a byte is sent. With `auto`
+    (Istio's auto-mTLS: no DestinationRule TLS setting) only endpoints that
+    have an identity (a sidecar) get mTLS, the others plaintext.
+    ``SIMPLE`` / ``MUTUAL``: TLS origination to a server outside the mesh:
+    `ca_secret` names the Secret whose trust bundle verifies the server (None:
+    the system's roots), `certificate` (MUTUAL) the client certificate's
+    Secret; `subject_alt_names`, when given, are the names the server's
+    certificate must carry (else `sni` is checked as the host name, unless
+    `insecure_skip_verify`). `sni`: the server name sent. `alpn`: offered
+    protocols (empty: none, or the mesh's for ISTIO_MUTUAL).
+    """
+
+    mode: str
+    identities: tuple[str, ...] = ()
+    auto: bool = False
+    sni: str = ""
+    alpn: tuple[str, ...] = ()
+    ca_secret: str | None = None
+    certificate: str | None = None
+    subject_alt_names: tuple[str, ...] = ()
+    insecure_skip_verify: bool = False
+
+    def referenced_secrets(self) -> Iterable[str]:
+        return tuple(n for n in (self.ca_secret, self.certificate) if n)
+
+
 @attrs.frozen
 class Listener:
     """Envoy ``Listener`` (LDS).
@@ -310,8 +380,8 @@ class Listener:
     by weight when those are given (a VirtualService ``tcp`` route).
     `authn`, `authz` and `telemetry` are the ordered strategy chains.
     `server_tls` (gateways): TLS terminated for clients, one entry per SNI
-    group (see :class:`ServerTls`); empty: plaintext. `tls` is reserved for
-    the mesh's own mTLS mode (sidecars).
+    group (see :class:`ServerTls`); empty: plaintext. `tls` (inbound sidecar
+    listeners): the mesh mTLS it accepts (see :class:`PeerTls`); None: plaintext.
     """
 
     TYPE: ClassVar[str] = "listeners"
@@ -325,7 +395,7 @@ class Listener:
     authn: tuple[str, ...] = ()
     authz: tuple[str, ...] = ()
     telemetry: tuple[str, ...] = ()
-    tls: Mapping[str, Any] | None = None
+    tls: PeerTls | None = None
     extensions: tuple[Extension, ...] = ()
     server_tls: tuple[ServerTls, ...] = ()
     weighted_clusters: tuple[WeightedCluster, ...] = ()
@@ -346,7 +416,8 @@ class Cluster:
     """Envoy ``Cluster`` (CDS) with EDS endpoints named like the cluster.
 
     Names follow Istio: ``outbound|<port>|<subset>|<fqdn>``, ``inbound|<port>||``.
-    `lb` names the LoadBalancer strategy, `tls` the upstream TLS settings.
+    `lb` names the LoadBalancer strategy, `tls` the upstream TLS (see
+    :class:`UpstreamTls`; None: plaintext).
 
     `resolution` says how the proxy finds the hosts to send to (one of
     :data:`RESOLUTIONS`): ``static`` — the endpoint set's addresses are IPs
@@ -365,7 +436,7 @@ class Cluster:
     connect_timeout: float = 1.0
     lb: str = "round_robin"
     lb_settings: Mapping[str, Any] = attrs.field(factory=dict)
-    tls: Mapping[str, Any] | None = None
+    tls: UpstreamTls | None = None
     extensions: tuple[Extension, ...] = ()
     resolution: str = "static"
 
@@ -450,6 +521,9 @@ def check_consistency(resources: Mapping[str, Mapping[str, Any]]) -> None:
                 for table in routes.values() for name in table.referenced_clusters() if name not in clusters]
     problems += [f"cluster {name!r} has no endpoint set" for name in clusters if name not in endpoints]
     secrets = resources.get("secrets", {})
+    problems += [f"cluster {cluster.name!r} references missing secret {name!r}"
+                 for cluster in clusters.values() if cluster.tls for name in cluster.tls.referenced_secrets()
+                 if name not in secrets]
     for listener in resources.get("listeners", {}).values():
         problems += [f"listener {listener.name!r} references missing secret {name!r}"
                      for name in listener.referenced_secrets() if name not in secrets]

@@ -212,6 +212,9 @@ class ProxyContext:
 
     `strategies[kind][name]` are the installed :class:`Strategy` records
     (kinds: routers, load_balancers, authenticators, authorizers, telemetry).
+    With a certificate service (`ca_address`) the engine runs
+    :meth:`workload_identity`, talks to the control plane over mTLS with the
+    SVID it gets, and uses it for mesh mTLS.
     """
 
     node_id: str
@@ -223,3 +226,20 @@ class ProxyContext:
     drain_timeout: float = 3.0
     state_dir: Path | None = None
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Where the certificate service listens (None: no mesh identity, plaintext everywhere).
+    ca_address: str | None = None
+    #: The SPIFFE ID this proxy claims, proven by `credential` (the platform's one-time bootstrap credential).
+    identity: str | None = None
+    credential: str = attrs.field(default="", repr=False)
+    #: The trust bundle file that verifies the control plane before the first SVID arrives.
+    bundle_file: Path | None = None
+    platform: str = "local"
+
+    def workload_identity(self) -> Any:
+        """The proxy's :class:`~knotwork.identity.WorkloadIdentity`, or None without a certificate service."""
+        if not self.ca_address or not self.identity or self.bundle_file is None:
+            return None
+        from .identity import WorkloadIdentity
+
+        return WorkloadIdentity(ca_address=self.ca_address, spiffe_id=self.identity, node_id=self.node_id,
+                                bundle_file=self.bundle_file, credential=self.credential, platform=self.platform)

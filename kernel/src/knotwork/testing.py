@@ -33,7 +33,7 @@ from .records import CompileInput
 
 __all__ = [
     "FakeConnection", "FakeRequest", "FakeResponse", "HookCall", "HookRecorder", "compile_node", "make_connection",
-    "make_ca", "make_certificate", "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "mesh_from_yaml",
+    "make_ca", "make_certificate", "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "make_svid", "mesh_from_yaml",
     "settings_from_yaml",
 ]
 
@@ -284,17 +284,20 @@ def _write_pem(path: Path, cert: Any, key: Any) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
 
-def _sign(subject: str, issuer: Any, public_key: Any, signing_key: Any, extensions: Iterable[tuple[Any, bool]]) -> Any:
+def _sign(subject: str, issuer: Any, public_key: Any, signing_key: Any, extensions: Iterable[tuple[Any, bool]],
+          *, valid: tuple[float, float] = (-300.0, 86400.0)) -> Any:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
 
     now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)] if subject else [])
     builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(issuer or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .subject_name(name)
+               .issuer_name(issuer or name)
                .public_key(public_key).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+               .not_valid_before(now + datetime.timedelta(seconds=valid[0]))
+               .not_valid_after(now + datetime.timedelta(seconds=valid[1])))
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)
     return builder.sign(signing_key, hashes.SHA256())
@@ -332,3 +335,30 @@ def make_certificate(ca: Path, path: Path, *names: str, client: bool = False) ->
     ])
     _write_pem(path, cert, key)
     return path.with_suffix(".crt"), path.with_suffix(".key")
+
+
+def make_svid(ca: Path | None, spiffe_id: str, *, valid: tuple[float, float] = (-300.0, 3600.0)) -> Any:
+    """An X.509 SVID for `spiffe_id` signed by the CA at `ca` (from :func:`make_ca`), or self-signed when
+    `ca` is None, valid from ``now + valid[0]`` to ``now + valid[1]`` seconds (negative both: expired).
+    Returns a :class:`knotwork.identity.Svid` whose bundle is the CA (or the certificate itself)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from .identity import Svid
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    if ca is not None:
+        ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
+        ca_key, issuer = serialization.load_pem_private_key(ca.with_suffix(".key").read_bytes(), None), ca_cert.subject
+    else:
+        ca_cert, ca_key, issuer = None, key, None
+    cert = _sign("", issuer, key.public_key(), ca_key, [
+        (x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+        (x509.KeyUsage(True, False, True, False, False, False, False, False, False), True),
+    ], valid=valid)
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    bundle = ca_cert.public_bytes(serialization.Encoding.PEM).decode() if ca_cert is not None else pem
+    return Svid.build([pem], key, bundle)

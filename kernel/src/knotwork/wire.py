@@ -19,7 +19,7 @@ import anyio
 from grpclib.const import Cardinality, Handler
 from grpclib.encoding.base import CodecBase
 
-__all__ = ["JSONCodec", "JsonService", "serving", "unary"]
+__all__ = ["JSONCodec", "JsonService", "parse_address", "serving", "unary"]
 
 
 class JSONCodec(CodecBase):
@@ -58,12 +58,20 @@ def unary(fn: Callable[[dict], Any]) -> tuple[Callable[..., Any], Cardinality]:
     return handle, Cardinality.UNARY_UNARY
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``; an empty host is 127.0.0.1) as a tuple."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 @contextlib.asynccontextmanager
-async def serving(server: Any, *, listen: tuple[str, int] | None = None, path: Path | None = None) -> AsyncIterator[Any]:
+async def serving(server: Any, *, listen: tuple[str, int] | None = None, path: Path | None = None,
+                  ssl: Any = None) -> AsyncIterator[Any]:
     """Run the grpclib `server` for the block: on `listen` (host, port; yields the bound
     address, so port 0 works) or on a unix socket at `path` that only this user may
     use (mode 0600, an old socket file replaced; yields `path`). On the way out the
     server is closed, calls in flight get up to a second, and the socket file goes.
+    `ssl`: an ``ssl.SSLContext`` to serve TLS with (TCP only).
     """
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +85,7 @@ async def serving(server: Any, *, listen: tuple[str, int] | None = None, path: P
         bound: Any = path
     else:
         host, port = listen or ("127.0.0.1", 0)
-        await server.start(host, port, reuse_address=True)
+        await server.start(host, port, reuse_address=True, ssl=ssl)
         bound = server._server.sockets[0].getsockname()[:2]  # noqa: SLF001 - grpclib exposes no bound address
     try:
         yield bound
