@@ -57,6 +57,7 @@ __all__ = [
     "CertificateService",
     "Svid",
     "WorkloadIdentity",
+    "call_isolated",
     "client_context",
     "load_chain",
     "make_csr",
@@ -320,6 +321,24 @@ class CertificateService:
 # ── the workload side ───────────────────────────────────────────────────────
 
 
+async def call_isolated(channel: Any, method: str, request: dict) -> dict:
+    """One unary JSON call on a grpclib `channel`, in a task of its own.
+
+    grpclib answers a lost connection by cancelling the task that is waiting
+    on the stream and turning that into ``StreamTerminatedError``; the task's
+    cancellation count is never taken back, which then confuses the caller's
+    anyio cancel scopes. A separate task absorbs it.
+    """
+    import asyncio
+
+    async def call() -> dict:
+        async with channel.request(method, Cardinality.UNARY_UNARY, dict, dict) as stream:
+            await stream.send_message(request, end=True)
+            return await stream.recv_message() or {}
+
+    return await asyncio.ensure_future(call())
+
+
 class WorkloadIdentity:
     """A proxy's SVID: requested at start, renewed at `rotate_at` of its lifetime, forever.
 
@@ -392,9 +411,7 @@ class WorkloadIdentity:
         channel = Channel(host.strip("[]"), int(port), ssl=ctx, codec=JSONCodec())
         try:
             with anyio.fail_after(10):
-                async with channel.request(SIGN_METHOD, Cardinality.UNARY_UNARY, dict, dict) as stream:
-                    await stream.send_message(request, end=True)
-                    reply = await stream.recv_message()
+                reply = await call_isolated(channel, SIGN_METHOD, request)
         finally:
             channel.close()
         if current is None:

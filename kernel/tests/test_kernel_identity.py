@@ -1,0 +1,199 @@
+"""knotwork.identity: the certificate service and a workload's identity, over real TLS and grpclib on loopback."""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from pathlib import Path
+
+import anyio
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.server import Server
+
+from knotwork.identity import (
+    SIGN_METHOD,
+    CertificateService,
+    Svid,
+    WorkloadIdentity,
+    call_isolated,
+    client_context,
+    make_csr,
+    make_key,
+    server_context,
+)
+from knotwork.model import Identity
+from knotwork.records import AttestationClaim
+from knotwork.testing import make_ca, make_svid
+from knotwork.wire import JSONCodec, JsonService, serving
+
+TD = "cluster.local"
+ALICE = f"spiffe://{TD}/ns/default/sa/alice"
+BOB = f"spiffe://{TD}/ns/default/sa/bob"
+CONTROL = f"spiffe://{TD}/ns/knotwork-system/sa/knotwork-control"
+
+
+class SmallCA:
+    """A CertificateAuthority over a test root, with a short default lifetime."""
+
+    rotate_at = 0.5
+
+    def __init__(self, root: Path, ttl: float = 3600) -> None:
+        self.cert = x509.load_pem_x509_certificate(root.read_bytes())
+        self.key = serialization.load_pem_private_key(root.with_suffix(".key").read_bytes(), None)
+        self.ttl = ttl
+
+    def sign(self, csr, spiffe_id, *, ttl=None, dns_names=(), ip_addresses=()):
+        import ipaddress
+
+        now = datetime.datetime.now(datetime.UTC)
+        names = [x509.UniformResourceIdentifier(spiffe_id), *(x509.DNSName(n) for n in dns_names),
+                 *(x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses)]
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.cert.subject)
+                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(seconds=1))
+                .not_valid_after(now + datetime.timedelta(seconds=ttl or self.ttl))
+                .add_extension(x509.SubjectAlternativeName(names), critical=True)
+                .sign(self.key, hashes.SHA256()))
+        return [cert.public_bytes(serialization.Encoding.PEM).decode()]
+
+    def trust_bundle(self):
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+class Tokens:
+    """One-time credentials: token -> (node, identity)."""
+
+    def __init__(self, **issued: tuple[str, str]) -> None:
+        self.issued, self.used = issued, set()
+
+    def __call__(self, claim: AttestationClaim) -> Identity | None:
+        if claim.platform != "test":
+            return None
+        if claim.credential in self.used:
+            raise ValueError("bootstrap credential already used")
+        if claim.credential not in self.issued:
+            raise ValueError("unknown bootstrap credential")
+        node, identity = self.issued[claim.credential]
+        if node != claim.node_id:
+            raise ValueError(f"issued for node {node}")
+        self.used.add(claim.credential)
+        return Identity.parse(identity)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return make_ca(tmp_path / "root")
+
+
+async def _serve(ca: SmallCA, tokens: Tokens, tmp: Path, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+    service = CertificateService(ca, tokens, TD)
+    key = make_key()
+    own = Svid.build(ca.sign(x509.load_pem_x509_csr(make_csr(key, CONTROL).encode()), CONTROL,
+                             ip_addresses=("127.0.0.1",)), key, ca.trust_bundle())
+    (tmp / "bundle.pem").write_text(ca.trust_bundle())
+    ctx = server_context(own, alpn=("h2",), require_client=False, min_version=ssl.TLSVersion.TLSv1_2)
+    async with serving(Server([JsonService(service.handlers())], codec=JSONCodec()), listen=("127.0.0.1", 0),
+                       ssl=ctx) as bound:
+        task_status.started((f"127.0.0.1:{bound[1]}", service))
+        await anyio.sleep_forever()
+
+
+async def _call(address: str, bundle: str, request: dict, svid: Svid | None = None) -> dict:
+    host, _, port = address.rpartition(":")
+    ctx = client_context(svid, bundle, alpn=("h2",), check_hostname=True, min_version=ssl.TLSVersion.TLSv1_2)
+    channel = Channel(host, int(port), ssl=ctx, codec=JSONCodec())
+    try:
+        return await call_isolated(channel, SIGN_METHOD, request)
+    finally:
+        channel.close()
+
+
+@pytest.mark.anyio
+async def test_first_certificate_then_renewals_over_mtls(root: Path, tmp_path: Path) -> None:
+    ca, tokens = SmallCA(root, ttl=2), Tokens(t1=("node-a", ALICE))
+    async with anyio.create_task_group() as tg:
+        address, service = await tg.start(_serve, ca, tokens, tmp_path)
+        wi = WorkloadIdentity(ca_address=address, spiffe_id=ALICE, node_id="node-a",
+                              bundle_file=tmp_path / "bundle.pem", credential="t1", platform="test")
+        seen: list[int] = []
+        wi.on_change(lambda svid: seen.append(svid.serial))
+        await tg.start(wi.run)
+        first = wi.svid
+        assert first is not None and first.spiffe_id == ALICE and "credential" not in repr(wi.__dict__.get("_credential"))
+        with anyio.fail_after(10):
+            while wi.renewals < 2:  # renewed at half of a 2 s lifetime, authenticated by the SVID it holds
+                await wi.wait_change()
+        assert len(set(seen)) >= 3 and wi.svid.serial != first.serial
+        assert tokens.used == {"t1"} and service.signed >= 3
+        assert wi.status()["identity"] == ALICE and wi.status()["serial"] == format(wi.svid.serial, "x")
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_refusals_are_clear_and_the_service_keeps_serving(root: Path, tmp_path: Path) -> None:
+    ca, tokens = SmallCA(root), Tokens(t1=("node-a", ALICE), t2=("node-b", BOB))
+    async with anyio.create_task_group() as tg:
+        address, service = await tg.start(_serve, ca, tokens, tmp_path)
+        bundle = ca.trust_bundle()
+
+        async def refused(request: dict, svid: Svid | None = None) -> GRPCError:
+            with pytest.raises(GRPCError) as info:
+                await _call(address, bundle, request, svid)
+            return info.value
+
+        key = make_key()
+        # a credential proving bob, a CSR asking for alice
+        err = await refused({"csr": make_csr(key, ALICE), "node": "node-b", "platform": "test", "credential": "t2"})
+        assert err.status is Status.PERMISSION_DENIED and "proves" in err.message and BOB in err.message
+        ok = await _call(address, bundle, {"csr": make_csr(key, ALICE), "node": "node-a", "platform": "test",
+                                           "credential": "t1"})
+        assert ok["certificate_chain"] and ok["trust_bundle"] == bundle
+        err = await refused({"csr": make_csr(key, ALICE), "node": "node-a", "platform": "test", "credential": "t1"})
+        assert err.status is Status.PERMISSION_DENIED and "already used" in err.message
+        err = await refused({"csr": make_csr(key, ALICE), "node": "node-a", "platform": "test"})
+        assert err.status is Status.UNAUTHENTICATED
+        for garbage, words in (("not a csr", "not a valid PEM"), ("", "required"),
+                               (make_csr(key, "spiffe://other.domain/ns/default/sa/alice"), "trust domain"),
+                               (make_csr(key, "https://example.test/"), "exactly one spiffe")):
+            err = await refused({"csr": garbage, "node": "node-a", "platform": "test", "credential": "t9"})
+            assert words in err.message, err.message
+        # a CSR whose signature does not verify: another key's signature over the same request body
+        csr = x509.load_pem_x509_csr(make_csr(key, ALICE).encode())
+        forged = csr.public_bytes(serialization.Encoding.DER)
+        forged = forged[:-8] + bytes(b ^ 0xFF for b in forged[-8:])
+        pem = "-----BEGIN CERTIFICATE REQUEST-----\n" + __import__("base64").encodebytes(forged).decode() + \
+            "-----END CERTIFICATE REQUEST-----\n"
+        err = await refused({"csr": pem, "node": "node-a", "platform": "test", "credential": "t9"})
+        assert err.status is Status.INVALID_ARGUMENT
+        # renewal over mTLS: allowed for the peer's own identity only
+        alice = make_svid(root, ALICE)
+        assert (await _call(address, bundle, {"csr": make_csr(key, ALICE)}, alice))["certificate_chain"]
+        err = await refused({"csr": make_csr(key, BOB)}, alice)
+        assert err.status is Status.PERMISSION_DENIED and "authenticated as" in err.message
+        assert service.refused >= 8 and service.signed == 2
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_foreign_or_self_signed_client_certificate_is_refused_in_the_handshake(root: Path, tmp_path: Path) -> None:
+    ca, tokens = SmallCA(root), Tokens()
+    async with anyio.create_task_group() as tg:
+        address, _ = await tg.start(_serve, ca, tokens, tmp_path)
+        for svid in (make_svid(None, ALICE), make_svid(make_ca(tmp_path / "other"), ALICE)):
+            with pytest.raises((ssl.SSLError, ConnectionError, StreamTerminatedError)):
+                await _call(address, ca.trust_bundle(), {"csr": make_csr(make_key(), ALICE)}, svid)
+        tg.cancel_scope.cancel()
+
+
+def test_ec_keys_and_csrs_name_only_the_claimed_identity() -> None:
+    key = make_key()
+    csr = x509.load_pem_x509_csr(make_csr(key, ALICE).encode())
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and csr.is_signature_valid
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [ALICE]
