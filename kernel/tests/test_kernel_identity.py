@@ -14,28 +14,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.server import Server
 
 from knotwork.identity import (
+    BUNDLE_FILE,
     SIGN_METHOD,
-    CertificateService,
+    CertificateServer,
     Svid,
     WorkloadIdentity,
     call_isolated,
     client_context,
     make_csr,
     make_key,
-    server_context,
 )
-from knotwork.model import Identity
+from knotwork.model import Identity, MeshSettings
 from knotwork.records import AttestationClaim
 from knotwork.testing import make_ca, make_svid
-from knotwork.wire import JSONCodec, JsonService, serving
+from knotwork.wire import JSONCodec
 
 TD = "cluster.local"
 ALICE = f"spiffe://{TD}/ns/default/sa/alice"
 BOB = f"spiffe://{TD}/ns/default/sa/bob"
-CONTROL = f"spiffe://{TD}/ns/knotwork-system/sa/knotwork-control"
 
 
 class SmallCA:
@@ -92,16 +90,11 @@ def root(tmp_path: Path) -> Path:
 
 
 async def _serve(ca: SmallCA, tokens: Tokens, tmp: Path, task_status=anyio.TASK_STATUS_IGNORED) -> None:
-    service = CertificateService(ca, tokens, TD)
-    key = make_key()
-    own = Svid.build(ca.sign(x509.load_pem_x509_csr(make_csr(key, CONTROL).encode()), CONTROL,
-                             ip_addresses=("127.0.0.1",)), key, ca.trust_bundle())
-    (tmp / "bundle.pem").write_text(ca.trust_bundle())
-    ctx = server_context(own, alpn=("h2",), require_client=False, min_version=ssl.TLSVersion.TLSv1_2)
-    async with serving(Server([JsonService(service.handlers())], codec=JSONCodec()), listen=("127.0.0.1", 0),
-                       ssl=ctx) as bound:
-        task_status.started((f"127.0.0.1:{bound[1]}", service))
-        await anyio.sleep_forever()
+    server = CertificateServer(ca, tokens, MeshSettings(), tmp, "127.0.0.1:0")
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        assert (tmp / BUNDLE_FILE).read_text() == ca.trust_bundle()
+        task_status.started(("127.0.0.1:%d" % server.address[1], server.service))
 
 
 async def _call(address: str, bundle: str, request: dict, svid: Svid | None = None) -> dict:
@@ -120,7 +113,7 @@ async def test_first_certificate_then_renewals_over_mtls(root: Path, tmp_path: P
     async with anyio.create_task_group() as tg:
         address, service = await tg.start(_serve, ca, tokens, tmp_path)
         wi = WorkloadIdentity(ca_address=address, spiffe_id=ALICE, node_id="node-a",
-                              bundle_file=tmp_path / "bundle.pem", credential="t1", platform="test")
+                              bundle_file=tmp_path / BUNDLE_FILE, credential="t1", platform="test")
         seen: list[int] = []
         wi.on_change(lambda svid: seen.append(svid.serial))
         await tg.start(wi.run)

@@ -59,7 +59,8 @@ class Selection:
 
     platform: str = attrs.field(default="local", metadata={"help": "platform: runs workloads, discovers services"})
     engine: str = attrs.field(default="native", metadata={"help": "proxy engine of every sidecar and gateway"})
-    certificate_authority: str | None = attrs.field(default=None, metadata={"help": "certificate authority"})
+    certificate_authority: str | None = attrs.field(default="ca", metadata={
+        "help": "certificate authority: workload identities and mTLS between sidecars (null: none, plaintext)"})
     router: str = attrs.field(default="host", metadata={"help": "router matching requests to routes"})
     load_balancer: str = attrs.field(default="round_robin", metadata={"help": "default load balancer"})
     config_sources: tuple[str, ...] = attrs.field(default=("files",), metadata={"help": "config sources of Istio resources"})
@@ -376,6 +377,8 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
     registry = hooks.registry()
     plugins_given = data.get("plugins") if isinstance(data.get("plugins"), dict) else {}
     defaulted = set() if "config_sources" in plugins_given else set(selection.config_sources)
+    if "certificate_authority" not in plugins_given and selection.certificate_authority not in registry["certificate_authorities"]:
+        selection = attrs.evolve(selection, certificate_authority=None)  # the default CA is not installed: no mTLS
     sections: dict[str, Any] = {}
     records: dict[str, Any] = {}
     for role, (kind, human) in ROLES.items():

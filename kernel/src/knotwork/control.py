@@ -19,7 +19,6 @@ proves (no node-id spoofing).
 from __future__ import annotations
 
 import os
-import ssl
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -34,12 +33,12 @@ from grpclib.server import Server
 
 from .config import Mesh
 from .distribution import SnapshotCache
-from .identity import BUNDLE_FILE, CertificateService, Svid, make_csr, make_key, self_issued_ip, server_context
+from .identity import CertificateServer
 from .kernel import Hooks
 from .model import PlatformSnapshot, Resource, SourceRef
 from .proxyconfig import TYPE_ORDER, ProxySnapshot, SnapshotBuilder, wire
 from .records import CompileInput, Compiler, ComponentContext
-from .wire import JSONCodec, JsonService, parse_address, serving, unary
+from .wire import JSONCodec, JsonService, serving, unary
 
 __all__ = ["ControlPlane", "compile_proxy"]
 
@@ -76,11 +75,7 @@ class ControlPlane:
 
     def __init__(self, mesh: Mesh, hooks: Hooks, *, listen: str = "127.0.0.1:0", ca_listen: str = "127.0.0.1:0") -> None:
         self.mesh, self.hooks, self.listen, self.ca_listen = mesh, hooks, listen, ca_listen
-        self.ca: Any = None
-        self.certificates: CertificateService | None = None
-        self.svid: Svid | None = None
-        self._tls: list[Any] = []  # the server contexts presenting self.svid, reloaded on renewal
-        self.ca_address: tuple[str, int] | None = None
+        self.certificates: CertificateServer | None = None
         self.cache = SnapshotCache()
         self.sources: dict[str, PlatformSnapshot] = {}
         self.expected: set[str] = set()
@@ -114,8 +109,12 @@ class ControlPlane:
             engine = reg["proxy_engines"][self.mesh.plugins.engine]
             secure: dict[str, Any] = {}
             if self.mesh.plugins.certificate_authority:
-                await tg.start(self._serve_certificates, reg["certificate_authorities"][self.mesh.plugins.certificate_authority])
-                secure = {"ssl": self._server_tls(require_client=True), "authorize": self.authorize_node}
+                record = reg["certificate_authorities"][self.mesh.plugins.certificate_authority]
+                self.certificates = CertificateServer(
+                    record.factory(self.context(record.name)), self.hooks.attest_workload, self.mesh.mesh,
+                    self.mesh.state_dir, self.ca_listen, also_serving=(self.listen,))
+                await tg.start(self.certificates.run)
+                secure = {"ssl": self.certificates.server_tls(require_client=True), "authorize": self.authorize_node}
             server = engine.control_server(self.context(engine.name, listen=self.listen, **secure), self.cache)
             await tg.start(server.run)
             await tg.start(self._serve_admin)
@@ -131,35 +130,6 @@ class ControlPlane:
             task_status.started()
 
     # -- identity -----------------------------------------------------------
-    def _issue_own(self) -> None:
-        """(Re)issue the control plane's SVID (its key made here) and reload every context serving it."""
-        mesh = self.mesh.mesh
-        spiffe_id = f"spiffe://{mesh.trust_domain}/ns/{mesh.root_namespace}/sa/knotwork-control"
-        key = make_key()
-        from cryptography import x509
-
-        csr = x509.load_pem_x509_csr(make_csr(key, spiffe_id).encode())
-        ips = sorted({"127.0.0.1", *self_issued_ip(self.listen), *self_issued_ip(self.ca_listen)})
-        chain = self.ca.sign(csr, spiffe_id, dns_names=("knotwork-control", f"knotwork-control.{mesh.root_namespace}.svc",
-                                                         "localhost"), ip_addresses=ips)
-        self.svid = Svid.build(chain, key, self.ca.trust_bundle(), self.ca.rotate_at)
-        bundle = Path(self.mesh.state_dir) / BUNDLE_FILE
-        bundle.parent.mkdir(parents=True, exist_ok=True)
-        tmp = bundle.with_suffix(".tmp")
-        tmp.write_text(self.svid.bundle_pem)
-        os.chmod(tmp, 0o644)
-        tmp.replace(bundle)
-        from .identity import load_chain
-
-        for ctx in self._tls:
-            load_chain(ctx, self.svid.chain_pem, self.svid.key_pem)
-
-    def _server_tls(self, *, require_client: bool) -> Any:
-        assert self.svid is not None
-        ctx = server_context(self.svid, alpn=("h2",), require_client=require_client, min_version=ssl.TLSVersion.TLSv1_2)
-        self._tls.append(ctx)
-        return ctx
-
     def authorize_node(self, node_id: str, peer_id: str | None) -> str | None:
         """Why a caller proven as `peer_id` may not stream node `node_id`'s config (None: it may)."""
         if peer_id is None:
@@ -170,20 +140,6 @@ class ControlPlane:
         if nodes[0].identity != peer_id:
             return f"node {node_id!r} runs as {nodes[0].identity}, not {peer_id}"
         return None
-
-    async def _serve_certificates(self, record: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self.ca = record.factory(self.context(record.name))
-        self._issue_own()
-        self.certificates = CertificateService(self.ca, self.hooks.attest_workload, self.mesh.mesh.trust_domain)
-        server = Server([JsonService(self.certificates.handlers())], codec=JSONCodec())
-        async with serving(server, listen=parse_address(self.ca_listen), ssl=self._server_tls(require_client=False)) as bound:
-            self.ca_address = bound
-            log.info("certificate service listening", address=f"{bound[0]}:{bound[1]}", identity=self.svid.spiffe_id)
-            task_status.started()
-            while True:
-                await anyio.sleep(max(1.0, self.svid.renew_at - time.time()))
-                self._issue_own()
-                log.info("control plane certificate renewed", serial=format(self.svid.serial, "x"))
 
     async def _merge(self, receive: Any) -> None:
         async with receive:
@@ -275,9 +231,7 @@ class ControlPlane:
                                  "instance": n.metadata.get("instance", "")}
                                 for p in self.sources.values() for n in p.proxies]}
         if method == "status":
-            return {"version": self.version, "ca": None if self.ca_address is None else {
-                        "address": "%s:%d" % self.ca_address, "signed": self.certificates.signed,
-                        "refused": self.certificates.refused}, "pushes": self.pushes, "pid": os.getpid(), "uptime": time.time() - self.started,
+            return {"version": self.version, "ca": self.certificates.status() if self.certificates else None, "pushes": self.pushes, "pid": os.getpid(), "uptime": time.time() - self.started,
                     "sources": {k: {"version": v.version, "synced": v.synced} for k, v in self.sources.items()},
                     "compile_errors": self.compile_errors}
         if method == "config":

@@ -46,7 +46,7 @@ from cryptography.x509.oid import ExtensionOID
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
-from .model import Identity
+from .model import Identity, MeshSettings
 from .records import AttestationClaim
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "CREDENTIAL_ENV",
     "SIGN_METHOD",
     "CertificateAuthority",
+    "CertificateServer",
     "CertificateService",
     "Svid",
     "WorkloadIdentity",
@@ -316,6 +317,76 @@ class CertificateService:
         if proven.spiffe_id != spiffe_id:
             raise GRPCError(Status.PERMISSION_DENIED,
                             f"the credential proves {proven.spiffe_id}, but the CSR asks for {spiffe_id}")
+
+
+class CertificateServer:
+    """The control plane's side of workload identity: a CA component served as a :class:`CertificateService`.
+
+    It issues the control plane its own SVID
+    (``spiffe://<td>/ns/<root ns>/sa/knotwork-control``, with the IP SANs of
+    `listen` and `also_serving` and DNS ``knotwork-control``), writes the
+    trust bundle to ``<state_dir>/trust-bundle.pem`` for proxies to verify the
+    control plane by, serves the certificate service on `listen` (TLS, a
+    client certificate optional: renewals present one, first requests a
+    credential), and renews its SVID at the CA's `rotate_at`, reloading every
+    context from :meth:`server_tls` (new handshakes get the new certificate).
+    """
+
+    def __init__(self, ca: CertificateAuthority, attest: Callable[[AttestationClaim], Identity | None],
+                 mesh: MeshSettings, state_dir: Path, listen: str, *, also_serving: Iterable[str] = ()) -> None:
+        self.ca, self.mesh, self.state_dir, self.listen = ca, mesh, Path(state_dir), listen
+        self.service = CertificateService(ca, attest, mesh.trust_domain)
+        self.ips = sorted({"127.0.0.1", *(ip for a in (listen, *also_serving) for ip in self_issued_ip(a))})
+        self.svid: Svid | None = None
+        self.address: tuple[str, int] | None = None
+        self._contexts: list[ssl.SSLContext] = []
+        self._issue()
+
+    @property
+    def spiffe_id(self) -> str:
+        return f"spiffe://{self.mesh.trust_domain}/ns/{self.mesh.root_namespace}/sa/knotwork-control"
+
+    def _issue(self) -> None:
+        key = make_key()
+        csr = x509.load_pem_x509_csr(make_csr(key, self.spiffe_id).encode())
+        chain = self.ca.sign(csr, self.spiffe_id, ip_addresses=self.ips, dns_names=(
+            "knotwork-control", f"knotwork-control.{self.mesh.root_namespace}.svc", "localhost"))
+        self.svid = Svid.build(chain, key, self.ca.trust_bundle(), self.ca.rotate_at)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        bundle, tmp = self.state_dir / BUNDLE_FILE, self.state_dir / f".{BUNDLE_FILE}.tmp"
+        tmp.write_text(self.svid.bundle_pem)
+        os.chmod(tmp, 0o644)
+        tmp.replace(bundle)
+        for ctx in self._contexts:
+            load_chain(ctx, self.svid.chain_pem, self.svid.key_pem)
+
+    def server_tls(self, *, require_client: bool) -> ssl.SSLContext:
+        """A gRPC server context presenting the control plane's SVID, kept current across renewals."""
+        assert self.svid is not None
+        ctx = server_context(self.svid, alpn=("h2",), require_client=require_client, min_version=ssl.TLSVersion.TLSv1_2)
+        self._contexts.append(ctx)
+        return ctx
+
+    def status(self) -> dict[str, Any]:
+        return {"address": None if self.address is None else "%s:%d" % self.address,
+                "signed": self.service.signed, "refused": self.service.refused,
+                "serial": format(self.svid.serial, "x") if self.svid else None}
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        from grpclib.server import Server
+
+        from .wire import JSONCodec, JsonService, parse_address, serving
+
+        server = Server([JsonService(self.service.handlers())], codec=JSONCodec())
+        async with serving(server, listen=parse_address(self.listen), ssl=self.server_tls(require_client=False)) as bound:
+            self.address = bound
+            log.info("certificate service listening", address="%s:%d" % bound, identity=self.spiffe_id)
+            task_status.started()
+            while True:
+                assert self.svid is not None
+                await anyio.sleep(max(1.0, self.svid.renew_at - time.time()))
+                self._issue()
+                log.info("control plane certificate renewed", serial=format(self.svid.serial, "x"))
 
 
 # ── the workload side ───────────────────────────────────────────────────────
