@@ -15,23 +15,31 @@ VirtualService resources compiled by the mesh's own ``networking`` compiler
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
 from anyio.abc import TaskGroup
-from knotwork import CompileInput, ComponentContext, Endpoint, MeshSettings, Protocol, ProxyNode, Resource, Service, ServicePort
+from knotwork import (
+    CompileInput, ComponentContext, Endpoint, Identity, MeshSettings, Protocol, ProxyNode, Resource, Service, ServicePort,
+)
+from knotwork.records import AttestationClaim
 from knotwork.control import compile_proxy
 from knotwork.distribution import SnapshotCache
+from knotwork.identity import CertificateServer
 from knotwork.kernel import Hooks, make_plugin_manager
 from knotwork.proxyconfig import (
+    MESH_ALPN_HTTP,
     Cluster,
     EndpointSet,
     LbEndpoint,
     Listener,
+    PeerTls,
     ProxySnapshot,
     Route,
     RouteAction,
     RouteTable,
+    UpstreamTls,
     VirtualHost,
     WeightedCluster,
 )
@@ -49,31 +57,35 @@ def _default_route(cluster: str) -> Route:
     return Route(name="default", action=RouteAction(clusters=(WeightedCluster(cluster),)))
 
 
-def inbound_snapshot(listen_port: int, app_ports: tuple[int, ...]) -> ProxySnapshot:
+def inbound_snapshot(listen_port: int, app_ports: tuple[int, ...], tls: PeerTls | None = None) -> ProxySnapshot:
     """A sidecar's server side, as the routing plugin compiles it: an ``inbound``
-    listener, route table ``inbound|80`` (``*`` → the local app), cluster ``inbound|80||``."""
+    listener (accepting the mesh mTLS `tls` says), route table ``inbound|80`` (``*`` → the local app),
+    cluster ``inbound|80||``."""
     cluster = f"inbound|{SERVICE_PORT}||"
     table = f"inbound|{SERVICE_PORT}"
     snap = ProxySnapshot.build([
         Cluster(name=cluster, service=SERVICE, port=SERVICE_PORT),
         EndpointSet(name=cluster, endpoints=tuple(LbEndpoint(address=LOOPBACK, port=p) for p in app_ports)),
         RouteTable(name=table, virtual_hosts=(VirtualHost(name=table, domains=("*",), routes=(_default_route(cluster),)),)),
-        Listener(name=table, address=LOOPBACK, port=listen_port, mode="inbound", route_table=table),
+        Listener(name=table, address=LOOPBACK, port=listen_port, mode="inbound", route_table=table, tls=tls),
     ])
     snap.check()
     return snap
 
 
-def outbound_snapshot(listen_port: int, next_hop_port: int, mode: str = "gateway") -> ProxySnapshot:
+def outbound_snapshot(listen_port: int, next_hop_port: int, mode: str = "gateway",
+                      peer_identity: str | None = None) -> ProxySnapshot:
     """A sidecar's client side: a listener (``gateway`` routing by Host, or the app's
     ``http_proxy``), route table ``outbound`` with one virtual host for :data:`SERVICE`,
-    cluster ``outbound|80||SERVICE`` whose endpoint is the next sidecar's inbound listener."""
+    cluster ``outbound|80||SERVICE`` whose endpoint is the next sidecar's inbound listener;
+    with `peer_identity`, over mesh mTLS to a server that must prove that SPIFFE ID."""
     cluster = f"outbound|{SERVICE_PORT}||{SERVICE}"
     short = SERVICE.split(".")[0]
     domains = (SERVICE, f"{SERVICE}:{SERVICE_PORT}", short, f"{short}:{SERVICE_PORT}")
     snap = ProxySnapshot.build([
-        Cluster(name=cluster, service=SERVICE, port=SERVICE_PORT),
-        EndpointSet(name=cluster, endpoints=(LbEndpoint(address=LOOPBACK, port=next_hop_port),)),
+        Cluster(name=cluster, service=SERVICE, port=SERVICE_PORT, tls=None if peer_identity is None else UpstreamTls(
+            "ISTIO_MUTUAL", identities=(peer_identity,), sni=f"outbound_.{SERVICE_PORT}_._.{SERVICE}", alpn=MESH_ALPN_HTTP)),
+        EndpointSet(name=cluster, endpoints=(LbEndpoint(address=LOOPBACK, port=next_hop_port, identity=peer_identity),)),
         RouteTable(name="outbound", virtual_hosts=(
             VirtualHost(name=f"{SERVICE}:{SERVICE_PORT}", domains=domains, routes=(_default_route(cluster),)),
         )),
@@ -185,7 +197,7 @@ def router_match_ns(hooks: Hooks, snapshot: ProxySnapshot, table: str, host: str
 class MiniControlPlane:
     """A SnapshotCache served by an engine's distribution server, in this process."""
 
-    def __init__(self, engine: str, listen_port: int, state_dir: Path) -> None:
+    def __init__(self, engine: str, listen_port: int, state_dir: Path, *, secure: bool = False) -> None:
         self.hooks = Hooks(make_plugin_manager())
         registry = self.hooks.registry()
         engines = registry["proxy_engines"]
@@ -194,16 +206,58 @@ class MiniControlPlane:
         self.engine = engines[engine]
         self.cache = SnapshotCache()
         self.address = f"{LOOPBACK}:{listen_port}"
+        self.state_dir = state_dir
         settings = self.engine.settings() if self.engine.settings is not None else None
+        options: dict[str, Any] = {"listen": self.address}
+        self.certificates: CertificateServer | None = None
+        self.identities: dict[str, str] = {}  # node id -> SPIFFE ID
+        self._credentials: dict[str, str] = {}  # one-time credential -> node id
+        if secure:  # the mesh's own CA plugin, the kernel's certificate service, mTLS on the config stream
+            if "ca" not in registry["certificate_authorities"]:
+                raise SystemExit("bench: the mTLS case needs the certificate authority plugin 'ca' installed")
+            record = registry["certificate_authorities"]["ca"]
+            ca = record.factory(ComponentContext(mesh=MeshSettings(), settings=record.settings(), mesh_dir=state_dir,
+                                                 state_dir=state_dir))
+            self.certificates = CertificateServer(ca, self._attest, MeshSettings(), state_dir, f"{LOOPBACK}:0",
+                                                  also_serving=(self.address,))
+            options.update(ssl=self.certificates.server_tls(require_client=True), authorize=self._authorize)
         ctx = ComponentContext(mesh=MeshSettings(), settings=settings, mesh_dir=state_dir, state_dir=state_dir,
-                               options={"listen": self.address})
+                               options=options)
         self.server: Any = self.engine.control_server(ctx, self.cache)
+
+    @staticmethod
+    def spiffe_id(node_id: str) -> str:
+        """The identity a bench sidecar gets: service account = its node id."""
+        return f"spiffe://cluster.local/ns/bench/sa/{node_id.replace('~', '-')}"
+
+    def enrol(self, node_id: str) -> tuple[str, str]:
+        """A SPIFFE ID and a one-time credential for a sidecar this bench starts."""
+        spiffe_id = self.spiffe_id(node_id)
+        credential = secrets.token_urlsafe(32)
+        self.identities[node_id], self._credentials[credential] = spiffe_id, node_id
+        return spiffe_id, credential
+
+    def _attest(self, claim: AttestationClaim) -> Identity:
+        node = self._credentials.pop(claim.credential, None)
+        if node is None or node != claim.node_id or self.identities[node] != claim.identity:
+            raise ValueError("unknown or used bench credential")
+        return Identity.parse(claim.identity)
+
+    def _authorize(self, node_id: str, peer_id: str | None) -> str | None:
+        return None if peer_id is not None and self.identities.get(node_id) == peer_id else f"{peer_id} may not be {node_id}"
 
     def strategies(self) -> dict[str, list[str]]:
         """Installed strategy names by kind (what proxies can load through entry points)."""
         return {kind: sorted(recs) for kind, recs in self.hooks.strategies().items()}
 
+    @property
+    def ca_address(self) -> str | None:
+        address = self.certificates.address if self.certificates else None
+        return None if address is None else f"{address[0]}:{address[1]}"
+
     async def start(self, tg: TaskGroup) -> None:
+        if self.certificates is not None:
+            await tg.start(self.certificates.run)
         await tg.start(self.server.run)
 
     def publish(self, node_id: str, snapshot: ProxySnapshot) -> None:

@@ -40,6 +40,8 @@ from typing import Any
 
 import anyio
 from knotwork.cli import configure_logging
+from knotwork.identity import BUNDLE_FILE, CREDENTIAL_ENV
+from knotwork.proxyconfig import PeerTls
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -64,8 +66,11 @@ CONNS = (32, 1)
 #: A run next to other work keeping more than this many CPUs busy is counted as contended.
 CONTENDED_CPUS = 0.25
 DEFAULT_ENGINES = ("native", "envoy")
-#: What a run measures (``--cases``): the sidecar overhead targets, the route-scale case, push-to-serving.
-CASES = ("proxy", "routes", "push")
+#: What a run measures (``--cases``): the sidecar overhead targets, the route-scale case, push-to-serving,
+#: mesh mTLS against plaintext between two sidecars.
+CASES = ("proxy", "routes", "push", "mtls")
+#: Issue 6: requests/s with mTLS between two sidecars, over plaintext between the same two, at least this.
+MTLS_TARGET = 0.7
 #: Route-scale target: requests/s with many VirtualServices over requests/s with one route.
 ROUTE_SCALE_TARGET = 0.9
 #: How the tables name each engine's sidecars.
@@ -79,6 +84,8 @@ PAIRS = (
     ("native1", "minimal", "native / minimal Python proxy"),
     ("native_routes_many", "native_routes_one", "native: route scale"),
     ("envoy_routes_many", "envoy_routes_one", "Envoy xDS: route scale"),
+    ("native_mtls2", "native_plain2", "native: mTLS / plaintext, mesh hop"),
+    ("envoy_mtls2", "envoy_plain2", "Envoy xDS: mTLS / plaintext, mesh hop"),
 )
 
 
@@ -175,8 +182,13 @@ class Bench:
         cp = self.cps[engine]
         # process names: native:sidecar~one; envoy:sidecar~one/agent (and envoy:sidecar~one/Envoy, its child)
         name = f"{engine}:{node}" + ("/agent" if engine == "envoy" else "")
-        proc = self.start(name, [KNOTWORK, "--log-level", "warning", "proxy", "--engine", engine,
-                                 "--node", node, "--control", cp.address, "--admin-port", str(admin)])
+        argv, env = [KNOTWORK, "--log-level", "warning", "proxy", "--engine", engine,
+                     "--node", node, "--control", cp.address, "--admin-port", str(admin)], None
+        if cp.certificates is not None:  # a mesh identity: an SVID from the certificate service, mTLS to the control plane
+            spiffe_id, credential = cp.enrol(node)
+            argv += ["--ca", str(cp.ca_address), "--identity", spiffe_id, "--bundle", str(cp.state_dir / BUNDLE_FILE)]
+            env = {**os.environ, CREDENTIAL_ENV: credential}
+        proc = self.start(name, argv, env=env)
         sidecar = self.sidecars[(engine, node)] = Sidecar(engine, node, proc, admin)
         return sidecar
 
@@ -210,7 +222,7 @@ class Bench:
         for engine in args.engines:
             state = self.tmp / f"controlplane-{engine}"
             state.mkdir()
-            cp = self.cps[engine] = MiniControlPlane(engine, free_port(), state)
+            cp = self.cps[engine] = MiniControlPlane(engine, free_port(), state, secure="mtls" in args.cases)
             await cp.start(tg)
             log(f"  control plane for engine {engine} ({type(cp.server).__name__}, in process): {cp.address}")
 
@@ -222,6 +234,8 @@ class Bench:
             await self.setup_proxy(up_port, binary)
         if "routes" in args.cases:
             await self.setup_routes(up_port)
+        if "mtls" in args.cases:
+            await self.setup_mtls(up_port)
 
         # every target must answer the canned body before we measure it
         for t in self.targets:
@@ -282,6 +296,28 @@ class Bench:
             await wait_port(minimal, port)
             log(f"  minimal Python proxy (calibration): 127.0.0.1:{port} (pid {minimal.pid})")
             self.targets.append(Target("minimal", "minimal Python proxy (calibration)", port, [minimal]))
+
+    async def setup_mtls(self, up_port: int) -> None:
+        """Per engine, two mesh hops A → B between sidecars that all hold SVIDs: ``plain~a`` → ``plain~b`` in
+        plaintext, ``mtls~a`` → ``mtls~b`` over mesh mTLS (B STRICT, A checking B's SPIFFE ID); wrk keeps its
+        connections to A alive, and A pools its connections to B."""
+        ports: dict[str, dict[str, int]] = {}
+        for engine, cp in self.cps.items():
+            p = ports[engine] = {k: free_port() for k in ("plain_a", "plain_b", "mtls_a", "mtls_b")}
+            cp.publish("plain~b", inbound_snapshot(p["plain_b"], (up_port,)))
+            cp.publish("plain~a", outbound_snapshot(p["plain_a"], p["plain_b"]))
+            cp.publish("mtls~b", inbound_snapshot(p["mtls_b"], (up_port,), tls=PeerTls("STRICT")))
+            cp.publish("mtls~a", outbound_snapshot(p["mtls_a"], p["mtls_b"], peer_identity=cp.spiffe_id("mtls~b")))
+        started = [self.start_sidecar(engine, node) for engine in self.cps
+                   for node in ("plain~a", "plain~b", "mtls~a", "mtls~b")]
+        for sc in started:
+            await self.wait_sidecar(sc)
+        for engine in self.cps:
+            for kind in ("plain", "mtls"):
+                a, b = self.sidecars[(engine, f"{kind}~a")], self.sidecars[(engine, f"{kind}~b")]
+                label = sidecar_label(engine, 2, f"A → B inbound, {'mTLS' if kind == 'mtls' else 'plaintext'}")
+                self.targets.append(Target(f"{engine}_{kind}2", label, ports[engine][f"{kind}_a"], [*a.procs, *b.procs],
+                                           headers={"Host": SERVICE}, sidecars=[a, b]))
 
     async def setup_routes(self, up_port: int) -> None:
         """The route-scale case, per engine: sidecar ``routes~many`` (``--route-vs`` VirtualServices of
@@ -673,6 +709,7 @@ class Bench:
                     continue
                 comp[f"rps_c{conns}"] = ma["rps"] / mb["rps"]
                 comp[f"p50_c{conns}"] = ma["p50_ms"] / mb["p50_ms"]
+                comp[f"p99_c{conns}"] = ma["p99_ms"] / mb["p99_ms"]
                 comp[f"cpu_c{conns}"] = ma["proxy_cpu_us_per_request"] / mb["proxy_cpu_us_per_request"]
                 if "envoy_cpu_us_per_request" in mb:  # B's Envoys alone, without their agents
                     comp[f"cpu_vs_envoy_alone_c{conns}"] = ma["proxy_cpu_us_per_request"] / mb["envoy_cpu_us_per_request"]
@@ -833,6 +870,14 @@ class Bench:
                 verdicts.append(f"{ENGINE_NAMES.get(engine, engine)}: {self.args.route_vs} VirtualServices × "
                                 f"{self.args.route_routes} routes / 1 route ≥ {ROUTE_SCALE_TARGET:g} (rps c32): "
                                 f"{'MET' if r >= ROUTE_SCALE_TARGET else 'NOT MET'} ({r:.2f}; c1 {c.get('rps_c1', 0):.2f})")
+        for engine in self.args.engines:
+            c = comps.get(f"{engine}_mtls2/{engine}_plain2")
+            if c and "rps_c32" in c:
+                r = c["rps_c32"]
+                verdicts.append(f"{ENGINE_NAMES.get(engine, engine)}: mTLS / plaintext between two sidecars ≥ "
+                                f"{MTLS_TARGET:g} (rps c32): {'MET' if r >= MTLS_TARGET else 'NOT MET'} ({r:.2f}; c1 "
+                                f"{c.get('rps_c1', 0):.2f}; p99 ×{c.get('p99_c32', 0):.2f} / ×{c.get('p99_c1', 0):.2f}; "
+                                f"CPU/req ×{c.get('cpu_c32', 0):.2f} / ×{c.get('cpu_c1', 0):.2f})")
         rm = report.get("route_match") or {}
         if "routes~one" in rm and "routes~many" in rm:
             one, many = rm["routes~one"]["ns_per_match"], rm["routes~many"]["ns_per_match"]
