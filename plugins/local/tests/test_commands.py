@@ -105,3 +105,25 @@ def test_proxy_and_control_argv(tmp_path):
     assert launch.proxy_argv(tmp_path, "sidecar~a-1", "127.0.0.1:1", 5, 2.0)[4:] == [
         "--mesh", str(tmp_path), "--engine", "envoy", "--node", "sidecar~a-1", "--control", "127.0.0.1:1",
         "--admin-port", "5", "--drain-timeout", "2.0"]
+
+
+def test_with_a_certificate_authority_the_control_plane_serves_it_and_proxies_claim_an_identity(tmp_path):
+    launch = Launch()
+    assert launch.control_argv(tmp_path, "127.0.0.1:1", "127.0.0.1:2")[-4:] == [
+        "--listen", "127.0.0.1:1", "--ca-listen", "127.0.0.1:2"]
+    spiffe = "spiffe://cluster.local/ns/default/sa/web"
+    argv = launch.proxy_argv(tmp_path, "sidecar~a-1", "127.0.0.1:1", 5, 2.0, ca="127.0.0.1:2", identity=spiffe)
+    assert argv[-4:] == ["--ca", "127.0.0.1:2", "--identity", spiffe]
+    assert launch.proxy_argv(tmp_path, "sidecar~a-1", "127.0.0.1:1", 5, 2.0, ca=None, identity=spiffe) == \
+        launch.proxy_argv(tmp_path, "sidecar~a-1", "127.0.0.1:1", 5, 2.0)  # no CA: plaintext, no identity
+    with pytest.raises(ValueError, match="sidecar~a-1: a certificate service needs the identity"):
+        launch.proxy_argv(tmp_path, "sidecar~a-1", "127.0.0.1:1", 5, 2.0, ca="127.0.0.1:2")
+
+
+def test_status_names_the_certificate_service(tmp_path):
+    plan = plan_ports(SETTINGS)
+    for ca, expected in (("ca", f"control  127.0.0.1:{plan.control}  ca 127.0.0.1:{plan.ca} (ca)  pid"),
+                         (None, f"control  127.0.0.1:{plan.control}  plaintext (no CA)  pid")):
+        up = Supervisor(mesh_path=tmp_path / "knotwork.yaml", settings=SETTINGS, mesh=MeshSettings(), plan=plan,
+                        engine="native", certificate_authority=ca)
+        assert render_status(up.document(), None).splitlines()[1].startswith(expected)

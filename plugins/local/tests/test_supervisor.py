@@ -19,8 +19,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from knotwork.model import MeshSettings
-from knotwork_local.platform import build_snapshot
+from knotwork.identity import CREDENTIAL_ENV
+from knotwork.model import MeshSettings, PlatformSnapshot
+from knotwork.records import AttestationClaim, ComponentContext
+from knotwork_local.credentials import fingerprint
+from knotwork_local.platform import LocalPlatform, build_snapshot
 from knotwork_local.ports import plan_ports
 from knotwork_local.process import http_status
 from knotwork_local.settings import (
@@ -149,3 +152,92 @@ async def test_supervisor_runs_restarts_and_stops_a_mesh(tmp_path):
     assert not is_running(doc) and doc["up"]["pid"] is None and doc["control"]["pid"] is None
     assert all(i["pid"] is None and i["sidecar"]["pid"] is None for i in doc["instances"])
     assert not (tmp_path / ".knotwork" / "platform.sock").exists()
+
+
+async def get_json(port: int, path: str) -> dict:
+    async with await anyio.connect_tcp("127.0.0.1", port) as s:
+        await s.send(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        raw = b""
+        try:
+            while True:
+                raw += await s.receive()
+        except anyio.EndOfStream:
+            pass
+    return json.loads(raw.split(b"\r\n\r\n", 1)[1])
+
+
+async def eventually(condition, interval: float = 0.02) -> None:
+    """Poll `condition` (the caller's fail_after is the deadline) for what no supervisor event announces."""
+    while not condition():
+        await anyio.sleep(interval)
+
+
+SECURE = LocalSettings(drain_timeout=0.2, workloads=(
+    WorkloadSettings(name="web", service="web", service_account="web-sa", command=("python", str(FAKES / "app.py")),
+                     ports=(PortSettings(8080, "http"),), readiness=ReadinessSettings(http="/health", period=0.2)),
+))
+
+
+@pytest.mark.anyio
+async def test_with_a_ca_every_proxy_spawn_gets_a_fresh_credential_in_its_environment_only(tmp_path, monkeypatch,
+                                                                                            local_hooks):
+    monkeypatch.setenv(CREDENTIAL_ENV, "inherited-from-up")  # never passed on
+    up = Supervisor(
+        mesh_path=tmp_path / "knotwork.yaml", settings=SECURE, mesh=MESH, plan=plan_ports(SECURE), engine="native",
+        launch=Launch(control=(sys.executable, str(FAKES / "fake_control.py")),
+                      proxy=(sys.executable, str(FAKES / "fake_proxy.py"))),
+        out=lambda line: None, certificate_authority="ca",
+    )
+    state_dir, web = tmp_path / ".knotwork", up.instances["web-1"]
+    identity = "spiffe://cluster.local/ns/default/sa/web-sa"
+    # the control plane's side: the platform component following up's socket, with its credential book
+    platform = LocalPlatform(ComponentContext(mesh=MESH, settings=SECURE, mesh_dir=tmp_path, state_dir=state_dir))
+    send, receive = anyio.create_memory_object_stream[PlatformSnapshot](1000)
+
+    def attest(node: str, spiffe_id: str, credential: str):
+        return local_hooks.attest_workload(AttestationClaim("local", node, spiffe_id, credential))
+
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(15):
+            await tg.start(up.run)
+            await tg.start(platform.run, send)
+            await up.until(lambda: web.app.ready and web.sidecar.ready and up.gateway.ready)
+
+            # argv: the control plane serves the CA; each proxy claims its identity there
+            ca = f"127.0.0.1:{up.plan.ca}"
+            assert f"certificate service {ca}" in (state_dir / "logs" / "control.log").read_text()
+            side, gw = await get_json(web.ports["admin"], "/status"), await get_json(up.plan.gateway["admin"], "/status")
+            assert side["argv"][-4:] == ["--ca", ca, "--identity", identity]
+            assert gw["argv"][-4:] == ["--ca", ca, "--identity",
+                                       "spiffe://cluster.local/ns/knotwork-system/sa/knotwork-ingressgateway"]
+            # the credential: in the proxy's environment, its hash in the state, nowhere else
+            assert side["credential"] not in (None, "inherited-from-up") and side["credential"] != gw["credential"]
+            assert fingerprint(side["credential"]) == web.sidecar.credential_sha256
+            assert CREDENTIAL_ENV not in await get_json(web.ports["app:8080"], "/env")
+            await eventually(lambda: (read_state(state_dir) or {}).get("instances", [{}])[0].get("sidecar", {}).get(
+                "credential_sha256") == web.sidecar.credential_sha256)
+            text = (state_dir / "state.json").read_text()
+            assert side["credential"] not in text and gw["credential"] not in text and "inherited-from-up" not in text
+
+            # the control plane redeems it once
+            await eventually(lambda: platform.book.knows(web.sidecar.credential_sha256))
+            assert attest("sidecar~web-1", identity, side["credential"]).spiffe_id == identity
+            with pytest.raises(ValueError, match="already used"):
+                attest("sidecar~web-1", identity, side["credential"])
+
+            # a restarted sidecar has a new credential; the old one is dead
+            os.kill(web.sidecar.pid, signal.SIGKILL)
+            await up.until(lambda: web.sidecar.restarts == 1 and web.sidecar.ready)
+            again = await get_json(web.ports["admin"], "/status")
+            assert again["credential"] != side["credential"]
+            assert fingerprint(again["credential"]) == web.sidecar.credential_sha256
+            await eventually(lambda: platform.book.knows(web.sidecar.credential_sha256))
+            with pytest.raises(ValueError, match="no longer valid"):
+                attest("sidecar~web-1", identity, side["credential"])
+            assert attest("sidecar~web-1", identity, again["credential"]).spiffe_id == identity
+
+            up.stop()
+            await eventually(lambda: up.finished)
+        tg.cancel_scope.cancel()
+    doc = read_state(state_dir)
+    assert doc["gateway"]["credential_sha256"] is None and doc["instances"][0]["sidecar"]["credential_sha256"] is None

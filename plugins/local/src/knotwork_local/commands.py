@@ -80,7 +80,8 @@ def run_up(args: argparse.Namespace) -> int:
         configure_logging("warning")
     supervisor = Supervisor(mesh_path=mesh.path, settings=settings, mesh=mesh.mesh, plan=plan,
                             engine=mesh.plugins.engine, launch=launch, quiet=args.quiet,
-                            route_lines=route_lines(mesh.path))
+                            route_lines=route_lines(mesh.path),
+                            certificate_authority=mesh.plugins.certificate_authority)
     try:
         anyio.run(_up, supervisor, backend="asyncio")
     except OSError as exc:
@@ -166,9 +167,11 @@ def render_status(doc: dict[str, Any], control: dict[str, Any] | None) -> str:
         return "-" if row is None else f"{str(row['version'])[:8]}" + ("" if row["connected"] else " (disconnected)")
 
     version = f"config version {control['version']}" if control else "admin socket not answering"
+    ca = f"  ca {ctl['ca_address']} ({ctl['certificate_authority']})" if ctl.get("ca_address") else "  plaintext (no CA)"
     lines = [
         f"mesh     {doc['mesh']}  (knotwork up pid {up['pid']}, engine {up['engine']}, up {uptime // 60}m{uptime % 60:02d}s)",
-        f"control  {ctl['address']}  pid {ctl['pid'] or '-'}  ready {_yes(ctl['ready'])}  restarts {ctl['restarts']}  {version}",
+        f"control  {ctl['address']}{ca}  pid {ctl['pid'] or '-'}  ready {_yes(ctl['ready'])}  restarts {ctl['restarts']}  "
+        f"{version}",
         f"ingress  {doc['ingress']['url']}  gateway pid {gw['pid'] or '-'}  ready {_yes(gw['ready'])}  "
         f"restarts {gw['restarts']}  config {config(gw['node'])}",
         "",

@@ -24,12 +24,22 @@ class Launch:
     proxy: tuple[str, ...] = (sys.executable, "-m", "knotwork", "proxy")
     engine: str = "native"
 
-    def control_argv(self, mesh_path: Path, listen: str) -> list[str]:
-        return [*self.control, "--mesh", str(mesh_path), "--engine", self.engine, "--listen", listen]
+    def control_argv(self, mesh_path: Path, listen: str, ca_listen: str | None = None) -> list[str]:
+        """`ca_listen`: where the certificate service listens (None: the mesh selects no certificate authority)."""
+        argv = [*self.control, "--mesh", str(mesh_path), "--engine", self.engine, "--listen", listen]
+        return [*argv, "--ca-listen", ca_listen] if ca_listen else argv
 
-    def proxy_argv(self, mesh_path: Path, node: str, control: str, admin: int, drain_timeout: float) -> list[str]:
-        return [*self.proxy, "--mesh", str(mesh_path), "--engine", self.engine, "--node", node, "--control", control,
+    def proxy_argv(self, mesh_path: Path, node: str, control: str, admin: int, drain_timeout: float, *,
+                   ca: str | None = None, identity: str | None = None) -> list[str]:
+        """With `ca` (the certificate service) the proxy claims `identity`; its one-time
+        credential goes in its environment (``KNOTWORK_CREDENTIAL``), never in argv."""
+        argv = [*self.proxy, "--mesh", str(mesh_path), "--engine", self.engine, "--node", node, "--control", control,
                 "--admin-port", str(admin), "--drain-timeout", str(drain_timeout)]
+        if ca:
+            if not identity:
+                raise ValueError(f"proxy {node}: a certificate service needs the identity the proxy claims")
+            argv += ["--ca", ca, "--identity", identity]
+        return argv
 
 
 def app_argv(w: WorkloadSettings) -> list[str]:

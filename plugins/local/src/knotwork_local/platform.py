@@ -4,7 +4,9 @@ It connects to the unix socket `knotwork up` serves (``.knotwork/platform.sock``
 reads one JSON state document per line (the full state on connect, then again
 on every change) and pushes a whole :class:`~knotwork.model.PlatformSnapshot`
 built from each. Without a running `up` it waits: the snapshot is never
-synced, so the control plane serves no config, which is right.
+synced, so the control plane serves no config, which is right. It also keeps
+the book of the proxies' bootstrap credentials that the plugin's
+``knotwork_attest_workload`` hook redeems (see :mod:`knotwork_local.credentials`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from knotwork.model import (
 )
 from knotwork.records import ComponentContext
 
+from . import credentials
 from .state import PLATFORM_SOCKET, SCHEMA
 
-__all__ = ["GATEWAY_LABELS", "LocalPlatform", "build_snapshot", "ingress_resources"]
+__all__ = ["GATEWAY_LABELS", "LocalPlatform", "build_snapshot", "gateway_identity", "ingress_resources"]
 
 log = structlog.get_logger("knotwork.local", plugin="local")
 
@@ -75,6 +78,11 @@ def ingress_resources(routes: Iterable[dict[str, Any]], mesh: MeshSettings, mesh
     return gateway, virtual_service
 
 
+def gateway_identity(mesh: MeshSettings) -> str:
+    """The ingress gateway's SPIFFE ID: service account `knotwork-ingressgateway` of the root namespace."""
+    return Identity(mesh.trust_domain, mesh.root_namespace, GATEWAY_ACCOUNT).spiffe_id
+
+
 def build_snapshot(doc: dict[str, Any], mesh: MeshSettings, version: int) -> PlatformSnapshot:
     """The platform snapshot of one state document (see README for its schema). Pure."""
     workloads = {w["name"]: w for w in doc.get("workloads", ())}
@@ -111,7 +119,7 @@ def build_snapshot(doc: dict[str, Any], mesh: MeshSettings, version: int) -> Pla
     if gw:
         proxies.append(ProxyNode(
             id=gw.get("node", GATEWAY_NODE), kind="gateway", workload=GATEWAY_WORKLOAD, namespace=ns,
-            labels=dict(GATEWAY_LABELS), identity=Identity(mesh.trust_domain, ns, GATEWAY_ACCOUNT).spiffe_id,
+            labels=dict(GATEWAY_LABELS), identity=gateway_identity(mesh),
             address="127.0.0.1", ports=dict(gw["ports"]), metadata={"instance": GATEWAY_WORKLOAD},
         ))
         extra_workloads.append(Workload(GATEWAY_WORKLOAD, ns, GATEWAY_ACCOUNT, dict(GATEWAY_LABELS)))
@@ -129,15 +137,20 @@ def build_snapshot(doc: dict[str, Any], mesh: MeshSettings, version: int) -> Pla
 
 
 class LocalPlatform:
-    """Follows `up`'s state socket and pushes a snapshot per change."""
+    """Follows `up`'s state socket and pushes a snapshot per change; keeps the credential book."""
 
     def __init__(self, ctx: ComponentContext) -> None:
         self.ctx = ctx
         self.path = ctx.state_dir / PLATFORM_SOCKET
         self.version = 0
         self.last: PlatformSnapshot | None = None
+        self.book = credentials.CredentialBook(ctx.state_dir / credentials.REDEEMED_FILE)
 
     async def run(self, send: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with credentials.registered(self.book):
+            await self._run(send, task_status)
+
+    async def _run(self, send: Any, task_status: TaskStatus[None]) -> None:
         task_status.started()
         waiting_logged = False
         async with send:
@@ -169,6 +182,7 @@ class LocalPlatform:
                     raise ValueError(f"expected a state document of schema {SCHEMA}, got {str(doc)[:80]}")
                 # versions follow up's state generations, so up can tell when a change got here
                 snapshot = build_snapshot(doc, self.ctx.mesh, max(self.version + 1, doc.get("generation", 0)))
+                self.book.update(doc)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("bad state document from knotwork up; ignored", error=repr(exc))
                 continue

@@ -98,13 +98,17 @@ class PortAllocator:
 class PortPlan:
     """Every port of a mesh run, by role.
 
-    `instances[<instance>]` has ``admin``, ``http_proxy``, ``inbound:<p>`` and
-    ``app:<p>`` per service port, ``tcp:<fqdn>:<port>`` per TCP upstream;
+    `control` is the config distribution, `ca` the control plane's
+    certificate service (listened on only when the mesh selects a
+    certificate authority). `instances[<instance>]` has ``admin``,
+    ``http_proxy``, ``inbound:<p>`` and ``app:<p>`` per service port,
+    ``tcp:<fqdn>:<port>`` per TCP upstream;
     `gateway` has ``gateway:80`` (the ingress), ``gateway:443`` (where a
     Gateway server on port 443, usually HTTPS, listens) and ``admin``.
     """
 
     control: int
+    ca: int
     gateway: Mapping[str, int]
     instances: Mapping[str, Mapping[str, int]]
 
@@ -127,7 +131,7 @@ def plan_ports(settings: LocalSettings, *, domain: str = "cluster.local", ingres
     alloc = allocator or PortAllocator()
     wanted = ingress_port if ingress_port is not None else settings.ingress.port
     ingress = alloc.claim(wanted) if wanted else alloc.take()
-    control = alloc.take()
+    control, ca = alloc.take(), alloc.take()
     gateway = {"gateway:80": ingress, "gateway:443": alloc.take(), "admin": alloc.take()}
     instances: dict[str, dict[str, int]] = {}
     for w in settings.workloads:
@@ -139,4 +143,4 @@ def plan_ports(settings: LocalSettings, *, domain: str = "cluster.local", ingres
             for u in w.upstreams:
                 ports[upstream_key(u.service, u.port, w.namespace, domain)] = alloc.take()
             instances[name] = ports
-    return PortPlan(control=control, gateway=gateway, instances=instances)
+    return PortPlan(control=control, ca=ca, gateway=gateway, instances=instances)

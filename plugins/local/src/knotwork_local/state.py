@@ -50,6 +50,8 @@ class ProcStatus:
     started: int = 0  # how many times it was started
     restarts: int = 0
     last_exit: int | None = None  # Popen returncode: negative = killed by that signal
+    #: SHA-256 (hex) of the one-time bootstrap credential of the running spawn (proxies with a CA only).
+    credential_sha256: str | None = None
 
     def doc(self) -> dict[str, Any]:
         return {"pid": self.pid, "running": self.running, "ready": self.ready,
@@ -65,6 +67,7 @@ class InstanceStatus:
     ports: dict[str, int]
     app: ProcStatus = attrs.Factory(ProcStatus)
     sidecar: ProcStatus = attrs.Factory(ProcStatus)
+    identity: str = ""  # the SPIFFE ID its sidecar claims
 
     @property
     def node(self) -> str:
@@ -73,7 +76,9 @@ class InstanceStatus:
     def doc(self) -> dict[str, Any]:
         w = self.workload
         return {"instance": self.instance, "workload": w.name, "service": w.service, "namespace": w.namespace,
-                "node": self.node, **self.app.doc(), "sidecar": self.sidecar.doc(), "ports": dict(self.ports)}
+                "node": self.node, "identity": self.identity, **self.app.doc(),
+                "sidecar": {**self.sidecar.doc(), "credential_sha256": self.sidecar.credential_sha256},
+                "ports": dict(self.ports)}
 
 
 def workload_doc(w: WorkloadSettings, mesh: MeshSettings) -> dict[str, Any]:
@@ -111,17 +116,20 @@ def route_lines(path: Path) -> list[int]:
 
 def document(*, generation: int, mesh_path: Path, up_pid: int | None, started: float, engine: str, plan: PortPlan,
              control: ProcStatus, gateway: ProcStatus, instances: list[InstanceStatus],
-             workloads: list[dict[str, Any]], routes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The whole state document."""
+             workloads: list[dict[str, Any]], routes: list[dict[str, Any]], certificate_authority: str | None = None,
+             gateway_identity: str = "") -> dict[str, Any]:
+    """The whole state document; `certificate_authority` is the mesh's selection (None: plaintext mesh)."""
     return {
         "schema": SCHEMA,
         "generation": generation,
         "mesh": str(mesh_path),
         "up": {"pid": up_pid, "pid_start": proc_start(up_pid) if up_pid else None, "started": started, "engine": engine},
         "updated": time.time(),
-        "control": {"address": f"127.0.0.1:{plan.control}", **control.doc()},
+        "control": {"address": f"127.0.0.1:{plan.control}", "certificate_authority": certificate_authority,
+                    "ca_address": f"127.0.0.1:{plan.ca}" if certificate_authority else None, **control.doc()},
         "ingress": {"url": f"http://127.0.0.1:{plan.ingress}/", "port": plan.ingress},
-        "gateway": {"node": "gateway~ingress", **gateway.doc(), "ports": dict(plan.gateway)},
+        "gateway": {"node": "gateway~ingress", "identity": gateway_identity, **gateway.doc(),
+                    "credential_sha256": gateway.credential_sha256, "ports": dict(plan.gateway)},
         "workloads": workloads,
         "routes": routes,
         "instances": [i.doc() for i in instances],

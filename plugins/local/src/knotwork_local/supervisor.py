@@ -5,10 +5,16 @@ every sidecar; an instance's app starts once its sidecar answers ``/ready``.
 Crashed processes restart with backoff on the same ports. Stop: apps and
 sidecars get SIGTERM together (sidecars drain), SIGKILL after the budget,
 then the gateway and the control plane; all within 5 seconds.
+
+With a certificate authority selected in the mesh file, the control plane
+also serves its certificate service on the plan's `ca` port and every proxy
+claims its SPIFFE ID there, proving it with a one-time credential made
+before each of its spawns (see :mod:`knotwork_local.credentials`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -21,11 +27,12 @@ import attrs
 import structlog
 from anyio.abc import TaskStatus
 
-from knotwork.model import MeshSettings
+from knotwork.identity import CREDENTIAL_ENV
+from knotwork.model import Identity, MeshSettings
 
-from . import publish, state
+from . import credentials, publish, state
 from .launch import Launch, app_argv, app_env
-from .platform import GATEWAY_NODE
+from .platform import GATEWAY_NODE, gateway_identity
 from .ports import PortPlan
 from .process import Backoff, describe_exit, gateway_synced, http_status, signal_group, spawn, tcp_open
 from .settings import LocalSettings
@@ -42,19 +49,28 @@ SETTLE_WAIT = 5.0  # seconds it then waits for the gateway to have the config wi
 
 
 class Supervisor:
-    """Runs and watches every process of one mesh; its state is the platform's truth."""
+    """Runs and watches every process of one mesh; its state is the platform's truth.
+
+    `certificate_authority`: the mesh file's ``plugins.certificate_authority``
+    (None: no certificate service, a plaintext mesh).
+    """
 
     def __init__(self, *, mesh_path: Path, settings: LocalSettings, mesh: MeshSettings, plan: PortPlan, engine: str,
                  launch: Launch = Launch(), quiet: bool = False, out: Callable[[str], None] | None = None,
-                 route_lines: Sequence[int] = ()) -> None:
+                 route_lines: Sequence[int] = (), certificate_authority: str | None = None) -> None:
         self.mesh_path, self.settings, self.mesh, self.plan, self.engine = mesh_path, settings, mesh, plan, engine
+        self.certificate_authority = certificate_authority
         self.dir = mesh_path.parent
         self.state_dir, self.logs = self.dir / ".knotwork", self.dir / ".knotwork" / "logs"
         self.launch, self.quiet = launch, quiet
         self.out = out or (lambda line: print(line, flush=True))
         self.control, self.gateway = state.ProcStatus(), state.ProcStatus()
-        self.instances = {name: state.InstanceStatus(w, name, dict(plan.instances[name]))
-                          for w in settings.workloads for name in w.instance_names()}
+        self.instances = {
+            name: state.InstanceStatus(
+                w, name, dict(plan.instances[name]),
+                identity=Identity(mesh.trust_domain, w.namespace, w.resolved_service_account).spiffe_id)
+            for w in settings.workloads for name in w.instance_names()}
+        self.gateway_identity = gateway_identity(mesh)
         self.workloads = [state.workload_doc(w, mesh) for w in settings.workloads]
         self.routes = state.routes_doc(settings, mesh, str(mesh_path), list(route_lines))
         self.started, self.generation, self.stopping, self.finished, self.announced = time.time(), 0, False, False, False
@@ -70,7 +86,8 @@ class Supervisor:
                               up_pid=None if self.finished else os.getpid(),
                               started=self.started, engine=self.engine, plan=self.plan, control=self.control,
                               gateway=self.gateway, instances=list(self.instances.values()),
-                              workloads=self.workloads, routes=self.routes)
+                              workloads=self.workloads, routes=self.routes,
+                              certificate_authority=self.certificate_authority, gateway_identity=self.gateway_identity)
 
     def changed(self) -> None:
         self.generation += 1
@@ -119,7 +136,7 @@ class Supervisor:
                 await self._shutdown()
                 self.finished = True
                 for status in (self.control, self.gateway, *(s for i in self.instances.values() for s in (i.app, i.sidecar))):
-                    status.pid, status.running, status.ready = None, False, False
+                    status.pid, status.running, status.ready, status.credential_sha256 = None, False, False, None
                 state.write_state(self.state_dir, self.document())
                 self.changed()
                 for sock in (state.PLATFORM_SOCKET, "control.sock"):
@@ -127,28 +144,34 @@ class Supervisor:
                 log.info("mesh stopped")
 
     async def _start_all(self, tg: Any) -> None:
-        base = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        inherited = {k: v for k, v in os.environ.items() if k != CREDENTIAL_ENV}  # only a proxy gets one, its own
+        base = {**inherited, "PYTHONUNBUFFERED": "1"}
         ctl, launch = f"127.0.0.1:{self.plan.control}", attrs.evolve(self.launch, engine=self.engine)
-        tg.start_soon(self._supervise, "control", self.control, launch.control_argv(self.mesh_path, ctl), base,
+        ca = f"127.0.0.1:{self.plan.ca}" if self.certificate_authority else None
+        tg.start_soon(self._supervise, "control", self.control, launch.control_argv(self.mesh_path, ctl, ca), base,
                       "control.log", None, lambda proc: self._watch_tcp(self.control, self.plan.control))
         with anyio.move_on_after(CONTROL_WAIT):
             await self.until(lambda: self.control.ready)
         if not self.control.ready:
             log.warning("control plane not listening yet; starting proxies anyway", log=str(self.logs / "control.log"))
 
-        def proxy_argv(node: str, admin: int) -> list[str]:
-            return launch.proxy_argv(self.mesh_path, node, ctl, admin, self.settings.drain_timeout)
+        def proxy_argv(node: str, admin: int, identity: str) -> list[str]:
+            return launch.proxy_argv(self.mesh_path, node, ctl, admin, self.settings.drain_timeout,
+                                     ca=ca, identity=identity if ca else None)
 
         admin = self.plan.gateway["admin"]
-        tg.start_soon(self._supervise, "gateway", self.gateway, proxy_argv(GATEWAY_NODE, admin), base,
-                      "ingress.proxy.log", None, lambda proc: self._watch_proxy("gateway", self.gateway, admin))
+        tg.start_soon(functools.partial(
+            self._supervise, "gateway", self.gateway, proxy_argv(GATEWAY_NODE, admin, self.gateway_identity), base,
+            "ingress.proxy.log", None, lambda proc: self._watch_proxy("gateway", self.gateway, admin),
+            credential=ca is not None))
         for name, inst in self.instances.items():
             key = f"sidecar:{name}"
-            tg.start_soon(self._supervise, key, inst.sidecar, proxy_argv(inst.node, inst.ports["admin"]), base,
-                          f"{name}.proxy.log", None,
-                          lambda proc, k=key, i=inst: self._watch_proxy(k, i.sidecar, i.ports["admin"]))
+            tg.start_soon(functools.partial(
+                self._supervise, key, inst.sidecar, proxy_argv(inst.node, inst.ports["admin"], inst.identity), base,
+                f"{name}.proxy.log", None, lambda proc, k=key, i=inst: self._watch_proxy(k, i.sidecar, i.ports["admin"]),
+                credential=ca is not None))
             tg.start_soon(self._supervise, f"app:{name}", inst.app, app_argv(inst.workload),
-                          app_env(inst.workload, name, inst.ports, self.mesh, os.environ),
+                          app_env(inst.workload, name, inst.ports, self.mesh, inherited),
                           f"{name}.log", lambda k=key: self._ready_event(k).wait(),
                           lambda proc, i=inst: self._watch_app(i))
         tg.start_soon(self._announce)
@@ -157,7 +180,11 @@ class Supervisor:
         return self._ready.setdefault(key, anyio.Event())
 
     async def _supervise(self, key: str, status: state.ProcStatus, argv: list[str], env: dict[str, str], log_name: str,
-                         gate: Callable[[], Awaitable[Any]] | None, watch: Callable[[Any], Awaitable[Any]]) -> None:
+                         gate: Callable[[], Awaitable[Any]] | None, watch: Callable[[Any], Awaitable[Any]], *,
+                         credential: bool = False) -> None:
+        """Start, watch and restart one process. `credential`: a proxy that proves its identity
+        with a one-time credential, fresh for each spawn, in its environment only; the state
+        document (and so the control plane, before the proxy can ask) gets its hash first."""
         backoff, log_path = Backoff(), self.logs / log_name
         while not self.stopping:
             if gate is not None:
@@ -165,8 +192,13 @@ class Supervisor:
             if self.stopping:
                 return
             began = time.monotonic()
+            spawn_env = env
+            if credential:
+                secret, status.credential_sha256 = credentials.issue()
+                spawn_env = {**env, CREDENTIAL_ENV: secret}
+                self.changed()  # the hash is on its way to the control plane while the process starts
             try:
-                proc = await spawn(argv, env=env, cwd=self.dir, log_path=log_path, truncate=status.started == 0)
+                proc = await spawn(argv, env=spawn_env, cwd=self.dir, log_path=log_path, truncate=status.started == 0)
             except OSError as exc:
                 log.error("cannot start", process=key, argv=argv, error=str(exc))
                 proc, returncode = None, 127
@@ -183,6 +215,7 @@ class Supervisor:
                     returncode = await proc.wait()
                     tg.cancel_scope.cancel()
             status.pid, status.running, status.ready, status.last_exit = None, False, False, returncode
+            status.credential_sha256 = None  # that spawn's credential dies with it
             if self.stopping:
                 self.changed()
                 return
