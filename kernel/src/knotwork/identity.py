@@ -77,6 +77,9 @@ CREDENTIAL_ENV = "KNOTWORK_CREDENTIAL"
 BUNDLE_FILE = "trust-bundle.pem"
 #: Retry delays of a sidecar whose certificate request failed: 0.1 s doubling to 5 s.
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
+#: How long a proxy keeps presenting a refused bootstrap credential (the platform may not have told the
+#: control plane about it yet) before it gives up and exits, so its platform restarts it with a new one.
+BOOTSTRAP_PATIENCE = 30.0
 
 
 class CertificateAuthority(Protocol):
@@ -288,14 +291,14 @@ class CertificateService:
         if identity.trust_domain != self.trust_domain:
             raise GRPCError(Status.PERMISSION_DENIED,
                             f"csr: trust domain {identity.trust_domain!r} is not the mesh's {self.trust_domain!r}")
+        ttl = request.get("ttl")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+            raise GRPCError(Status.INVALID_ARGUMENT, f"ttl: expected a positive number of seconds, got {ttl!r}")
         if peer_id is not None:
             if peer_id != spiffe_id:
                 raise GRPCError(Status.PERMISSION_DENIED, f"a workload authenticated as {peer_id} asked for {spiffe_id}")
         else:
-            self._attest(request, spiffe_id)
-        ttl = request.get("ttl")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
-            raise GRPCError(Status.INVALID_ARGUMENT, f"ttl: expected a positive number of seconds, got {ttl!r}")
+            self._attest(request, spiffe_id)  # last: a credential is spent only on a request that is otherwise good
         chain = self.ca.sign(csr, spiffe_id, ttl=ttl)
         log.info("certificate issued", identity=spiffe_id, node=request.get("node"),
                  renewal=peer_id is not None)
@@ -441,15 +444,23 @@ class WorkloadIdentity:
         return self.svid
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Get the first SVID, then renew forever. Raises RuntimeError when the bootstrap credential is
+        refused for longer than :data:`BOOTSTRAP_PATIENCE` (spent, or issued to a process since gone):
+        the proxy exits, and its platform starts it again with a new credential."""
         started = False
         while True:
-            delay = RETRY_MIN
+            delay, refused_since = RETRY_MIN, None
             while True:
                 try:
                     await self._request()
                     break
                 except GRPCError as exc:
                     self.last_error = f"{exc.status.name}: {exc.message}"
+                    if self.svid is None and exc.status in (Status.PERMISSION_DENIED, Status.UNAUTHENTICATED):
+                        refused_since = refused_since or time.monotonic()
+                        if time.monotonic() - refused_since > BOOTSTRAP_PATIENCE:
+                            raise RuntimeError(f"no certificate for {self.spiffe_id}: the bootstrap credential "
+                                               f"was refused ({self.last_error})") from None
                 except (OSError, ssl.SSLError, anyio.EndOfStream, TimeoutError, ConnectionError) as exc:
                     self.last_error = f"certificate service unreachable: {exc!r}"
                 log.warning("certificate request failed; retrying", error=self.last_error, retry_in=delay)
@@ -473,8 +484,8 @@ class WorkloadIdentity:
         current = self.svid if self.svid is not None and self.svid.not_after > time.time() + 1 else None
         if current is None:
             if self._credential is None:
-                raise GRPCError(Status.UNAUTHENTICATED, "the bootstrap credential was used and the SVID has expired; "
-                                                        "restart the proxy to get a new credential")
+                raise RuntimeError(f"the SVID of {self.spiffe_id} expired before it could be renewed and the "
+                                   "bootstrap credential is spent: exiting, for the platform to restart the proxy")
             request["credential"] = self._credential
         bundle = self.bundle_file.read_text() if current is None else current.bundle_pem
         ctx = client_context(current, bundle, alpn=("h2",), check_hostname=True, min_version=ssl.TLSVersion.TLSv1_2)
