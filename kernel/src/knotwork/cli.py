@@ -82,7 +82,17 @@ def run_until_signalled(main: Callable[..., Any], *args: Any) -> None:
         backend_options = {"use_uvloop": True}
     except ImportError:
         backend_options = {}
-    anyio.run(runner, backend="asyncio", backend_options=backend_options)
+    try:
+        anyio.run(runner, backend="asyncio", backend_options=backend_options)
+    except BaseExceptionGroup as group:  # a component's start-up failure, as one clear line
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, MeshError | UsageError | RuntimeFailure | PluginError):
+            raise leaf from None
+        if type(leaf) is RuntimeError:
+            raise RuntimeFailure(str(leaf)) from None
+        raise
 
 
 def _load(args: argparse.Namespace, hooks: Hooks, engine: str | None = None) -> Any:

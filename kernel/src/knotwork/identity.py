@@ -41,7 +41,7 @@ import structlog
 from anyio.abc import TaskStatus
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
@@ -281,6 +281,10 @@ class CertificateService:
             raise GRPCError(Status.INVALID_ARGUMENT, f"csr: not a valid PEM certificate signing request ({exc})") from None
         if not valid:
             raise GRPCError(Status.INVALID_ARGUMENT, "csr: its signature does not verify")
+        key = csr.public_key()
+        if not (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in ("secp256r1", "secp384r1")
+                or isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048):
+            raise GRPCError(Status.INVALID_ARGUMENT, "csr: the key must be ECDSA P-256/P-384 or RSA of 2048 bits or more")
         if len(claimed) != 1:
             raise GRPCError(Status.INVALID_ARGUMENT, f"csr: needs exactly one spiffe:// URI SAN, has {len(claimed)}")
         spiffe_id = claimed[0]
@@ -292,14 +296,17 @@ class CertificateService:
             raise GRPCError(Status.PERMISSION_DENIED,
                             f"csr: trust domain {identity.trust_domain!r} is not the mesh's {self.trust_domain!r}")
         ttl = request.get("ttl")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0):
             raise GRPCError(Status.INVALID_ARGUMENT, f"ttl: expected a positive number of seconds, got {ttl!r}")
         if peer_id is not None:
             if peer_id != spiffe_id:
                 raise GRPCError(Status.PERMISSION_DENIED, f"a workload authenticated as {peer_id} asked for {spiffe_id}")
         else:
             self._attest(request, spiffe_id)  # last: a credential is spent only on a request that is otherwise good
-        chain = self.ca.sign(csr, spiffe_id, ttl=ttl)
+        try:
+            chain = self.ca.sign(csr, spiffe_id, ttl=ttl)
+        except ValueError as exc:  # the CA's own refusals (a key it will not certify, ...)
+            raise GRPCError(Status.INVALID_ARGUMENT, f"csr: {exc}") from None
         log.info("certificate issued", identity=spiffe_id, node=request.get("node"),
                  renewal=peer_id is not None)
         return {"certificate_chain": chain, "trust_bundle": self.ca.trust_bundle(), "rotate_at": self.ca.rotate_at}
@@ -481,7 +488,7 @@ class WorkloadIdentity:
         request: dict[str, Any] = {"csr": make_csr(key, self.spiffe_id), "node": self.node_id, "platform": self.platform}
         if self.ttl:
             request["ttl"] = self.ttl
-        current = self.svid if self.svid is not None and self.svid.not_after > time.time() + 1 else None
+        current = self.svid if self.svid is not None and self.svid.not_after > time.time() else None
         if current is None:
             if self._credential is None:
                 raise RuntimeError(f"the SVID of {self.spiffe_id} expired before it could be renewed and the "

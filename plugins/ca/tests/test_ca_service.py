@@ -189,8 +189,6 @@ async def test_refusals_are_clear_and_the_service_keeps_serving(tmp_path: Path) 
         tg.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(strict=True, reason="kernel: CertificateService.sign lets the CA's ValueError escape "
-                                       "(grpclib answers UNKNOWN 'Internal Server Error'); remove once it maps it")
 @pytest.mark.anyio
 async def test_a_key_the_ca_refuses_is_an_invalid_argument_naming_why(tmp_path: Path) -> None:
     ca, _ = authority(tmp_path)
