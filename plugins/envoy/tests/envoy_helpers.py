@@ -91,9 +91,10 @@ def http_listener(name: str, port: int, table_name: str, mode: str = "inbound") 
 class Upstream:
     """A loopback HTTP/1.1 server answering ``<name> <METHOD> <path>`` (or a custom handler)."""
 
-    def __init__(self, name: str, handler: Callable[..., Awaitable[None]] | None = None) -> None:
-        self.name, self.handler = name, handler
+    def __init__(self, name: str, handler: Callable[..., Awaitable[None]] | None = None, *, tls: Any = None) -> None:
+        self.name, self.handler, self.tls = name, handler, tls  # tls: an ssl.SSLContext to serve HTTPS
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.peer_certs: list[Any] = []  # the client certificate of each TLS connection (None: none)
         self.connections = 0
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
@@ -103,7 +104,7 @@ class Upstream:
         return ("127.0.0.1", self.port)
 
     async def start(self, port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port, reuse_address=True)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port, reuse_address=True, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -113,6 +114,8 @@ class Upstream:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.tls is not None:
+            self.peer_certs.append(writer.get_extra_info("peercert"))
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -164,9 +167,11 @@ async def tcp_echo() -> tuple[asyncio.AbstractServer, int]:
 
 
 @contextlib.asynccontextmanager
-async def xds_server(cache: SnapshotCache, settings: EnvoySettings | None = None, port: int = 0) -> AsyncIterator[EnvoyServer]:
+async def xds_server(cache: SnapshotCache, settings: EnvoySettings | None = None, port: int = 0,
+                     **options: Any) -> AsyncIterator[EnvoyServer]:
+    """The xDS server on loopback; `options` (``ssl``, ``authorize``) as the control plane passes them."""
     ctx = ComponentContext(mesh=None, settings=settings, mesh_dir=None, state_dir=None,  # type: ignore[arg-type]
-                           options={"listen": f"127.0.0.1:{port}"})
+                           options={"listen": f"127.0.0.1:{port}", **options})
     server = EnvoyServer(ctx, cache)
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)
@@ -178,9 +183,10 @@ async def xds_server(cache: SnapshotCache, settings: EnvoySettings | None = None
 
 @contextlib.asynccontextmanager
 async def envoy_proxy(control: tuple[str, int], node: str = NODE, *, ready: bool = True, drain_timeout: float = 1.0,
-                      settings: EnvoySettings | None = None) -> AsyncIterator[EnvoyProxy]:
+                      settings: EnvoySettings | None = None, **identity: Any) -> AsyncIterator[EnvoyProxy]:
+    """A running proxy agent; `identity`: ProxyContext's ``ca_address``, ``identity``, ``credential``, ``bundle_file``."""
     ctx = ProxyContext(node_id=node, control_address=f"{control[0]}:{control[1]}", admin_port=0,
-                       settings=settings or EnvoySettings(), strategies={}, drain_timeout=drain_timeout)
+                       settings=settings or EnvoySettings(), strategies={}, drain_timeout=drain_timeout, **identity)
     proxy = EnvoyProxy(ctx)
     async with anyio.create_task_group() as tg:
         await tg.start(proxy.run)

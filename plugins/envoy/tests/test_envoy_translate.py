@@ -16,6 +16,7 @@ from knotwork.proxyconfig import (
     HeaderMatch,
     LbEndpoint,
     Listener,
+    PeerTls,
     Redirect,
     RetryPolicy,
     Route,
@@ -23,6 +24,7 @@ from knotwork.proxyconfig import (
     RouteMatch,
     RouteTable,
     Secret,
+    UpstreamTls,
     VirtualHost,
     WeightedCluster,
 )
@@ -166,7 +168,9 @@ def test_server_name_can_be_left_to_envoy() -> None:
     (Listener(name="l", address="a", port=1, mode="inbound"), "needs a route_table"),
     (Listener(name="l", address="a", port=1, mode="outbound", protocol="tcp"), "needs a cluster"),
     (Listener(name="l", address="a", port=1, mode="http_proxy", protocol="tcp", cluster="c"), "must use protocol 'http'"),
-    (Listener(name="l", address="a", port=1, mode="inbound", route_table="r", tls={"mode": "x"}), "tls"),
+    (Listener(name="l", address="a", port=1, mode="inbound", route_table="r", tls=PeerTls("LAX")), "tls: mode 'LAX'"),
+    (Listener(name="l", address="a", port=1, mode="outbound", route_table="r", tls=PeerTls("STRICT")),
+     "inbound listeners only"),
     (Listener(name="l", address="a", port=1, mode="inbound", route_table="r", authz=("tenant",)), "tenant"),
     (Listener(name="l", address="a", port=1, mode="inbound", route_table="r",
               extensions=(Extension("wasm", "acme"),)), "extension 'wasm'"),
@@ -392,7 +396,10 @@ def test_http2_cluster() -> None:
 @pytest.mark.parametrize(("cluster", "message"), [
     (Cluster(name="c", lb="maglev-ish"), "balancer 'maglev-ish' has no Envoy equivalent"),
     (Cluster(name="c", connect_timeout=0), "connect_timeout"),
-    (Cluster(name="c", tls={"mode": "ISTIO_MUTUAL"}), "tls"),
+    (Cluster(name="c", tls=UpstreamTls("PLAIN")), "tls: mode 'PLAIN'"),
+    (Cluster(name="c", tls=UpstreamTls("MUTUAL")), "needs a client certificate"),
+    (Cluster(name="c", tls=UpstreamTls("SIMPLE", certificate="cert")), "MUTUAL only"),
+    (Cluster(name="c", resolution="passthrough", tls=UpstreamTls("ISTIO_MUTUAL")), "a passthrough cluster has none"),
     (Cluster(name="c", extensions=(Extension("x", "p"),)), "extension 'x'"),
 ])
 def test_clusters_envoy_cannot_serve_are_refused(cluster: Cluster, message: str) -> None:

@@ -11,6 +11,11 @@ Envoy runs in its own process group, so the signal that stops the agent
 does not reach it directly: the agent drains it first (inbound and gateway
 listeners, then waits for in-flight requests up to the drain timeout) and
 then sends SIGTERM. ``PR_SET_PDEATHSIG`` kills Envoy if the agent dies.
+
+With a workload identity the agent also serves Envoy's mesh secrets over
+SDS (:class:`~knotwork_envoy.sds.SecretServer`) on a unix socket in a
+private (0700) temporary directory, for as long as :meth:`EnvoyAgent.secret_service`
+is entered; the bootstrap then points the control channel's mTLS at it.
 """
 
 from __future__ import annotations
@@ -28,25 +33,25 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
+from knotwork.model import Identity, MeshSettings
 from knotwork.records import ProxyContext
 
 from .bootstrap import bootstrap
 from .httpio import request
+from .sds import SecretServer
 from .settings import EnvoySettings
 
-__all__ = ["EnvoyAgent", "envoy_binary"]
+__all__ = ["EnvoyAgent", "control_identity", "envoy_binary"]
 
 log = structlog.get_logger("knotwork.envoy.agent").bind(plugin="envoy")
 
 _PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-#: Static clusters in the bootstrap (the xDS server), not counted as the mesh's.
-STATIC_CLUSTERS = 1
 STATS_FILTER = (r"^(server\.state|control_plane\.connected_state"
                 r"|cluster_manager\.(active_clusters|warming_clusters|cds\.update_(success|rejected))"
                 r"|listener_manager\.(total_listeners_active|total_listeners_warming|lds\.update_(success|rejected))"
@@ -85,6 +90,19 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
+def control_identity(ctx: ProxyContext) -> str | None:
+    """The SPIFFE ID the control plane's certificate names: ``options["control_identity"]``, else
+    ``knotwork-control`` in the default root namespace of the proxy's trust domain."""
+    explicit = ctx.options.get("control_identity")
+    if explicit:
+        return str(explicit)
+    try:
+        trust_domain = Identity.parse(ctx.identity or "").trust_domain
+    except ValueError:
+        return None
+    return f"spiffe://{trust_domain}/ns/{MeshSettings().root_namespace}/sa/knotwork-control"
+
+
 def parse_stats(text: str) -> dict[str, int]:
     return {name: int(value) for name, value in _STAT_LINE.findall(text)}
 
@@ -92,8 +110,11 @@ def parse_stats(text: str) -> dict[str, int]:
 class EnvoyAgent:
     """One Envoy process for one sidecar or gateway, supervised."""
 
-    def __init__(self, ctx: ProxyContext, settings: EnvoySettings) -> None:
+    def __init__(self, ctx: ProxyContext, settings: EnvoySettings, *, secrets: bool = False) -> None:
         self.ctx, self.settings = ctx, settings
+        #: The mesh secrets Envoy gets over SDS (with a workload identity), and where they are served.
+        self.secrets = SecretServer() if secrets else None
+        self.sds_path: Path | None = None
         self.binary = envoy_binary(settings)
         if ctx.state_dir is not None:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ctx.node_id)
@@ -119,6 +140,20 @@ class EnvoyAgent:
         self.min_clusters_since_ready: int | None = None
         self.last_exit: int | None = None
 
+    @contextlib.asynccontextmanager
+    async def secret_service(self) -> AsyncIterator[None]:
+        """Serve the mesh secrets (if any) on a private unix socket for the block."""
+        if self.secrets is None:
+            yield
+            return
+        directory = Path(tempfile.mkdtemp(prefix="knotwork-sds-"))  # 0700, short enough for a socket path
+        try:
+            async with self.secrets.serving(directory / "sds.sock") as self.sds_path:
+                yield
+        finally:
+            self.sds_path = None
+            shutil.rmtree(directory, ignore_errors=True)
+
     # ── process ──────────────────────────────────────────────────────────
     def argv(self) -> list[str]:
         drain = max(1, math.ceil(self.ctx.drain_timeout))
@@ -134,7 +169,11 @@ class EnvoyAgent:
     async def start(self) -> asyncio.subprocess.Process:
         from . import __version__
 
-        config = bootstrap(self.ctx.node_id, self.ctx.control_address, engine_version=__version__)
+        if self.secrets is not None and self.sds_path is None:
+            raise RuntimeError("envoy needs its secrets: enter secret_service() first")
+        config = bootstrap(self.ctx.node_id, self.ctx.control_address, engine_version=__version__,
+                           sds_path=None if self.sds_path is None else str(self.sds_path),
+                           control_identity=control_identity(self.ctx) if self.secrets is not None else None)
         self.bootstrap_path.write_text(json.dumps(config, indent=1))
         self.admin_path.unlink(missing_ok=True)
         self.admin_port = None
@@ -199,7 +238,8 @@ class EnvoyAgent:
             return self.stats
         stats = self.stats = parse_stats(body.decode())
         self.live = stats.get("server.state") == 0
-        self.clusters = max(0, stats.get("cluster_manager.active_clusters", STATIC_CLUSTERS) - STATIC_CLUSTERS)
+        static = 1 if self.secrets is None else 2  # the xDS server's cluster (and sds-grpc): not the mesh's
+        self.clusters = max(0, stats.get("cluster_manager.active_clusters", static) - static)
         configured = stats.get("listener_manager.lds.update_success", 0) > 0 and stats.get("cluster_manager.cds.update_success", 0) > 0
         if self.live and configured:
             if not self.ready:

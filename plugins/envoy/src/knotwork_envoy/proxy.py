@@ -9,7 +9,14 @@ same admin endpoint as a native proxy on ``127.0.0.1:<admin-port>``:
 - ``GET /config_dump``, ``/stats``, ``/clusters``, ``/listeners`` → Envoy's
   own admin answers (query strings passed on; a bare ``/config_dump``
   includes the endpoints, as a native proxy's does);
+- ``GET /identity`` → JSON: the workload identity's status (SPIFFE ID,
+  serial, validity, chain, renewals, last error); 404 ``{"identity": null}``
+  without one;
 - ``POST /drain`` → starts draining (answers 202).
+
+With a certificate service (``--ca``) the agent first gets the proxy's SVID
+(its key stays in this process), then starts Envoy, which gets the SVID and
+the trust bundle from the agent over SDS, renewed ones pushed on rotation.
 
 On stop it drains (inbound and gateway listeners, in-flight requests up to
 the drain timeout), then stops Envoy.
@@ -39,14 +46,16 @@ class EnvoyProxy:
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         settings = ctx.settings if isinstance(ctx.settings, EnvoySettings) else EnvoySettings()
-        self.agent = EnvoyAgent(ctx, settings)
+        self.identity = ctx.workload_identity()
+        self.agent = EnvoyAgent(ctx, settings, secrets=self.identity is not None)
         self.admin = AdminHttpServer(ctx.admin_port, self.handle)
         self._draining = False
         self._tg: anyio.abc.TaskGroup | None = None
 
     def status(self) -> dict:
         return {"node": self.ctx.node_id, "node_id": self.ctx.node_id, "engine": "envoy",
-                "control_address": self.ctx.control_address, **self.agent.status()}
+                "control_address": self.ctx.control_address,
+                "identity": None if self.identity is None else self.identity.spiffe_id, **self.agent.status()}
 
     async def handle(self, method: str, target: str) -> Reply:
         path, _, query = target.partition("?")
@@ -61,6 +70,10 @@ class EnvoyProxy:
             return text_reply(405, "use GET\n")
         if path == "/ready":
             return text_reply(200, "LIVE\n") if self.agent.ready else text_reply(503, "PRE_INITIALIZING\n")
+        if path == "/identity":
+            if self.identity is None:
+                return json_reply(404, {"identity": None})
+            return json_reply(200, self.identity.status())
         if path == "/status":
             if self.agent.admin_port is not None:
                 await self.agent.sample()
@@ -74,19 +87,31 @@ class EnvoyProxy:
                 return text_reply(503, f"envoy's admin API is not answering: {exc!r}\n")
             ctype = "application/json" if body[:1] in (b"{", b"[") else "text/plain"
             return status, body, ctype
-        return text_reply(404, f"admin endpoints: /ready /status /drain {' '.join(sorted(PASSED_ON))}\n")
+        return text_reply(404, f"admin endpoints: /ready /status /identity /drain {' '.join(sorted(PASSED_ON))}\n")
+
+    async def _run_envoy(self) -> None:
+        """Get the first SVID (with an identity), then run Envoy."""
+        if self.identity is not None and self._tg is not None:
+            secrets = self.agent.secrets
+            assert secrets is not None
+            await self._tg.start(self.identity.run)
+            secrets.update(self.identity.svid)
+            self.identity.on_change(secrets.update)
+        await self.agent.run()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                await self.admin.start()
-                tg.start_soon(self.agent.run)
-                log.info("proxy started", node=self.ctx.node_id, admin_port=self.admin.port, control=self.ctx.control_address)
-                task_status.started()
-        finally:
-            with anyio.CancelScope(shield=True):
-                log.info("draining", timeout=self.ctx.drain_timeout)
-                await self.agent.stop(self.ctx.drain_timeout)
-                await self.admin.aclose()
-                log.info("proxy stopped")
+        async with self.agent.secret_service():  # outlives Envoy: it keeps its handshakes working while draining
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    await self.admin.start()
+                    tg.start_soon(self._run_envoy)
+                    log.info("proxy started", node=self.ctx.node_id, admin_port=self.admin.port,
+                             control=self.ctx.control_address, identity=self.ctx.identity if self.identity else None)
+                    task_status.started()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    log.info("draining", timeout=self.ctx.drain_timeout)
+                    await self.agent.stop(self.ctx.drain_timeout)
+                    await self.admin.aclose()
+                    log.info("proxy stopped")

