@@ -161,6 +161,8 @@ def cmd_proxy(args: argparse.Namespace, hooks: Hooks) -> int:
         ca_address=args.ca, identity=args.identity, credential=os.environ.pop(CREDENTIAL_ENV, ""),
         bundle_file=Path(args.bundle) if args.bundle else (mesh.state_dir / BUNDLE_FILE if mesh else None),
         platform=mesh.plugins.platform if mesh else "local",
+        options={"control_identity": f"spiffe://{mesh.mesh.trust_domain}/ns/{mesh.mesh.root_namespace}/sa/knotwork-control"}
+        if mesh else {},
     )
     structlog.contextvars.bind_contextvars(node=args.node)
     run_until_signalled(engine.proxy(ctx).run)

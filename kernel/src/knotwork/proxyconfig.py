@@ -51,6 +51,7 @@ __all__ = [
     "RouteAction",
     "RouteMatch",
     "RouteTable",
+    "MESH_ALPN_H2",
     "MESH_ALPN_HTTP",
     "MESH_ALPN_SERVER",
     "MESH_ALPN_TCP",
@@ -313,6 +314,8 @@ UPSTREAM_MODES = ("ISTIO_MUTUAL", "SIMPLE", "MUTUAL")
 #: ``istio-*`` names tell the server it is talking to a mesh peer.
 MESH_ALPN_HTTP = ("istio-http/1.1", "istio", "http/1.1")
 MESH_ALPN_TCP = ("istio-peer-exchange", "istio")
+#: ... for an HTTP/2 or gRPC cluster: Envoy picks its HTTP/2 codec only when ``h2`` is negotiated.
+MESH_ALPN_H2 = ("istio-h2", "istio", "h2")
 #: What an inbound listener accepts over mesh mTLS (Istio's inbound filter chain match).
 MESH_ALPN_SERVER = ("istio-http/1.0", "istio-http/1.1", "istio-h2", "istio-peer-exchange", "istio", "http/1.1")
 
