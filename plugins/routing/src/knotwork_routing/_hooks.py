@@ -35,6 +35,7 @@ def knotwork_compilers() -> list[Compiler]:
             area="networking",
             slots=SLOTS,
             compile=lazy("knotwork_routing.compile:compile_proxy"),
-            description="services, ServiceEntry, VirtualService, DestinationRule, Gateway and Sidecar → listeners, routes, clusters",
+            description="services, ServiceEntry, VirtualService, DestinationRule, Gateway, Sidecar and "
+                        "PeerAuthentication → listeners, routes, clusters (with mTLS)",
         )
     ]

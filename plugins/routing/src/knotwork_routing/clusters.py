@@ -6,7 +6,9 @@ routes refer to — plus one per service port — and emits each with its
 destination that is not a known service, or a subset no DestinationRule
 defines, gets a cluster with no endpoints (requests to it fail with 503, as
 in Istio). ServiceEntry hosts are services here too; their clusters carry the
-entry's resolution (``static``, ``dns`` or ``passthrough``).
+entry's resolution (``static``, ``dns`` or ``passthrough``). Each cluster's
+TLS (and the Secrets it names) comes from
+:class:`~knotwork_routing.upstreamtls.UpstreamTlsPolicy`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from knotwork.proxyconfig import Cluster, EndpointSet, LbEndpoint, SnapshotBuild
 from .destinationrule import DestinationRules
 from .hosts import is_http, outbound_cluster
 from .serviceentry import is_external
+from .upstreamtls import UpstreamTlsPolicy
 
 __all__ = ["ClusterSet", "PortError", "lb_endpoint"]
 
@@ -48,8 +51,9 @@ class ClusterSet:
         endpoints: Mapping[tuple[str, int], Sequence[Endpoint]],
         rules: DestinationRules,
         lb: str,
+        tls: UpstreamTlsPolicy,
     ) -> None:
-        self._services, self._endpoints, self._rules, self._lb = services, endpoints, rules, lb
+        self._services, self._endpoints, self._rules, self._lb, self._tls = services, endpoints, rules, lb, tls
         self._wanted: dict[str, tuple[str, int, str, str]] = {}  # name -> fqdn, port, subset, protocol
 
     def want(self, fqdn: str, port: int, subset: str = "", protocol: str = "http") -> str:
@@ -97,8 +101,13 @@ class ClusterSet:
             lb = self._rules.load_balancer(fqdn, port, subset) or self._lb
             service = self._services.get(fqdn)
             resolution = service.resolution if is_external(service) else "static"  # type: ignore[union-attr]
-            builder.add(Cluster(name=name, service=fqdn, port=port, protocol=protocol, lb=lb, resolution=resolution))
-            builder.add(EndpointSet(name=name, endpoints=self._lb_endpoints(fqdn, port, subset)))
+            tls, endpoints, secrets = self._tls.upstream(fqdn, port, subset, protocol, service,
+                                                         self._lb_endpoints(fqdn, port, subset))
+            for secret in secrets:
+                builder.add(secret)
+            builder.add(Cluster(name=name, service=fqdn, port=port, protocol=protocol, lb=lb, resolution=resolution,
+                                tls=tls))
+            builder.add(EndpointSet(name=name, endpoints=endpoints))
 
     def _lb_endpoints(self, fqdn: str, port: int, subset: str) -> tuple[LbEndpoint, ...]:
         found: Iterable[Endpoint] = self._endpoints.get((fqdn, port), ())

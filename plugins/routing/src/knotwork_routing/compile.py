@@ -13,6 +13,11 @@ Sidecar inbound, per served service port ``p`` (services named
       tcp  → Cluster inbound|p||
     EndpointSet inbound|p|| = 127.0.0.1:ports["app:p"]
 
+When the mesh selects a certificate authority, each inbound listener's ``tls``
+is the workload's PeerAuthentication mode for its port ``p.targetPort`` (or
+``p``) — see :mod:`knotwork_routing.peerauth` — and outbound clusters get
+upstream TLS (see :mod:`knotwork_routing.upstreamtls`); inbound clusters never.
+
 Sidecar outbound: Listener ``http_proxy`` → RouteTable ``outbound`` (see
 :mod:`knotwork_routing.outbound`; with outboundTrafficPolicy ALLOW_ANY it ends
 with a ``*`` virtual host to Cluster ``PassthroughCluster``, see
@@ -93,6 +98,7 @@ def add_inbound(builder: SnapshotBuilder, ctx: CompileContext) -> None:
             builder.add(Listener(
                 name=table, address=node.address, port=listen, mode="inbound", protocol="http" if http else "tcp",
                 route_table=table if http else None, cluster=None if http else name,
+                tls=ctx.peer_tls(sp.target_port or sp.port),
             ))
 
 

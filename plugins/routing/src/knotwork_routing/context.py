@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import attrs
 from knotwork import CompileInput, ProxyNode, Service
+from knotwork.proxyconfig import PeerTls
 
 from .clusters import ClusterSet
 from .destinationrule import DestinationRules
+from .errors import warn_ignored
 from .hosts import resolve
 from .httproutes import RouteScope
+from .peerauth import PeerAuthentications
 from .serviceentry import ServiceEntries
+from .upstreamtls import UpstreamTlsPolicy
 from .virtualservice import MESH, VirtualServices
 from .visibility import Visibility
 
@@ -35,6 +40,7 @@ class CompileContext:
     virtual_services: VirtualServices
     registry: dict[str, Service]  # FQDN -> every service, ordered by namespace then name
     visibility: Visibility
+    peers: PeerAuthentications | None  # None: the mesh selects no certificate authority (no mTLS)
 
     @classmethod
     def build(cls, inp: CompileInput) -> CompileContext:
@@ -64,15 +70,18 @@ class CompileContext:
             registry, ((vs.resource, vs.hosts) for vs in virtual_services.bound_to(MESH)), resolve_known
         )
         rules = DestinationRules(visibility.resources(inp, "DestinationRule"), inp.node.namespace, inp.mesh, services)
+        peers = _peer_authentications(inp)
+        base = inp.mesh_dir if inp.mesh_dir is not None else Path.cwd()
         return cls(
             inp=inp,
             router=_selected(inp.selection, "router", "host"),
             lb=lb,
             services=services,
-            clusters=ClusterSet(services, endpoints, rules, lb),
+            clusters=ClusterSet(services, endpoints, rules, lb, UpstreamTlsPolicy(rules, peers, base)),
             virtual_services=virtual_services,
             registry=registry,
             visibility=visibility,
+            peers=peers,
         )
 
     @property
@@ -87,6 +96,24 @@ class CompileContext:
         """A host as written in `namespace`, resolved (see :func:`knotwork_routing.hosts.resolve`)."""
         return resolve(host, namespace, self.domain, self.services)
 
+    def peer_tls(self, workload_port: int) -> PeerTls | None:
+        """The mTLS this sidecar's inbound listener for `workload_port` accepts (None: no CA, plaintext)."""
+        if self.peers is None:
+            return None
+        mode = self.peers.mode(self.node.namespace, self.node.labels, workload_port)
+        return PeerTls(mode=mode, trust_domain=self.inp.mesh.trust_domain)
+
     def scope(self, gateway: str, port: int | None) -> RouteScope:
         """Where VirtualService routes are being compiled."""
         return RouteScope(gateway=gateway, port=port, clusters=self.clusters, resolve=self.resolve)
+
+
+def _peer_authentications(inp: CompileInput) -> PeerAuthentications | None:
+    """Every PeerAuthentication, validated, when the mesh selects a certificate authority; else None (warned)."""
+    policies = tuple(inp.resources.get("PeerAuthentication", ()))
+    if inp.selection.get("certificate_authority"):
+        return PeerAuthentications(policies, inp.mesh)
+    for policy in policies:
+        warn_ignored(policy, "spec",
+                     "PeerAuthentication ignored: the mesh selects no certificate_authority (plaintext)")
+    return None

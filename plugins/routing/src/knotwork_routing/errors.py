@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from knotwork import Resource
 
-__all__ = ["ResourceError", "field_path", "warn_unsupported"]
+__all__ = ["ResourceError", "field_path", "warn_ignored", "warn_unsupported"]
 
 log = structlog.get_logger().bind(plugin="routing")
 
@@ -33,10 +33,15 @@ def field_path(*parts: str | int) -> str:
 
 def warn_unsupported(resource: Resource, field: str) -> None:
     """Log once per resource and field that a field is ignored (not supported yet)."""
+    warn_ignored(resource, field, "field not supported yet, ignored")
+
+
+def warn_ignored(resource: Resource, field: str, event: str) -> None:
+    """Log `event` once per resource and field (a field, or a whole resource, that has no effect)."""
     key = (resource.key, field)
     if key in _WARNED:
         return
     if len(_WARNED) >= _MAX_WARNED:
         _WARNED.clear()
     _WARNED.add(key)
-    log.warning("field not supported yet, ignored", resource=str(resource), field=field, source=str(resource.source))
+    log.warning(event, resource=str(resource), field=field, source=str(resource.source))

@@ -2,12 +2,10 @@
 
 Istio's file-mounted gateway certificates: ``serverCertificate``,
 ``privateKey`` and (``MUTUAL``) ``caCertificates`` are file paths, absolute
-or relative to the mesh directory. They are read when the gateway's config is
-compiled, so a renewed file is served from the next config push on; a file
-that is missing, unreadable or not PEM of the right kind is a
-:class:`~knotwork_routing.errors.ResourceError` naming the Gateway and field
-(the proxy keeps its last good config). Secrets are named as Istio names
-file-mounted ones: ``file-cert:<cert>~<key>`` and ``file-root:<ca>``.
+or relative to the mesh directory, read into Secrets when the gateway's config
+is compiled (see :mod:`knotwork_routing.pemfiles`; a bad file is a
+:class:`~knotwork_routing.errors.ResourceError` naming the Gateway and field,
+and the proxy keeps its last good config).
 
 Supported: ``mode`` ``SIMPLE`` and ``MUTUAL``, ``httpsRedirect``,
 ``minProtocolVersion`` / ``maxProtocolVersion`` (``TLS_AUTO``, ``TLSV1_2``,
@@ -25,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from knotwork import Resource
 from knotwork.proxyconfig import Secret, ServerTls
 
 from .errors import ResourceError, warn_unsupported
+from .pemfiles import certificate_secret, root_secret
 
 __all__ = ["TerminatedTls", "parse_server_tls"]
 
@@ -55,58 +52,20 @@ class TerminatedTls:
     secrets: tuple[Secret, ...]
 
 
-def _path(value: Any, gateway: Resource, field: str, base: Path) -> Path:
-    if not isinstance(value, str) or not value.strip():
-        raise ResourceError(gateway, field, "expected a file path")
-    path = Path(value.strip()).expanduser()
-    return path if path.is_absolute() else base / path
-
-
-def _read(path: Path, gateway: Resource, field: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ResourceError(gateway, field, f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _certificates(path: Path, gateway: Resource, field: str) -> tuple[str, list[x509.Certificate]]:
-    data = _read(path, gateway, field)
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise ResourceError(gateway, field, f"{path} holds no PEM certificate ({exc})") from exc
-    return data.decode("ascii", errors="replace"), certs
-
-
 def _server_secret(tls: Mapping[str, Any], gateway: Resource, where: str, base: Path) -> Secret:
     cert_field, key_field = f"{where}.serverCertificate", f"{where}.privateKey"
     if "serverCertificate" not in tls:
         raise ResourceError(gateway, cert_field, "required for mode SIMPLE and MUTUAL (a PEM file path)")
     if "privateKey" not in tls:
         raise ResourceError(gateway, key_field, "required for mode SIMPLE and MUTUAL (a PEM file path)")
-    cert_path = _path(tls["serverCertificate"], gateway, cert_field, base)
-    key_path = _path(tls["privateKey"], gateway, key_field, base)
-    chain_text, chain = _certificates(cert_path, gateway, cert_field)
-    key_data = _read(key_path, gateway, key_field)
-    try:
-        key = serialization.load_pem_private_key(key_data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ResourceError(gateway, key_field, f"{key_path} holds no unencrypted PEM private key ({exc})") from exc
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    if chain[0].public_key().public_bytes(serialization.Encoding.DER, public) != \
-            key.public_key().public_bytes(serialization.Encoding.DER, public):
-        raise ResourceError(gateway, key_field, f"{key_path} is not the private key of the certificate in {cert_path}")
-    return Secret(name=f"file-cert:{cert_path}~{key_path}", certificate_chain=chain_text,
-                  private_key=key_data.decode("ascii", errors="replace"))
+    return certificate_secret(gateway, tls["serverCertificate"], tls["privateKey"], cert_field, key_field, base)
 
 
 def _ca_secret(tls: Mapping[str, Any], gateway: Resource, where: str, base: Path) -> Secret:
     field = f"{where}.caCertificates"
     if "caCertificates" not in tls:
         raise ResourceError(gateway, field, "required for mode MUTUAL (a PEM file of the CAs client certificates chain to)")
-    path = _path(tls["caCertificates"], gateway, field, base)
-    text, _ = _certificates(path, gateway, field)
-    return Secret(name=f"file-root:{path}", trust_bundle=text)
+    return root_secret(gateway, tls["caCertificates"], field, base)
 
 
 def _version(tls: Mapping[str, Any], key: str, gateway: Resource, where: str) -> str | None:
