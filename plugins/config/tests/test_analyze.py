@@ -293,6 +293,38 @@ def test_invalid_regex(mesh_dir):
         ("KW0122", "spec.http[0].match[0].headers.x-id.regex", "Warning")]
 
 
+
+def peer_auth(name: str, namespace: str, mode: str, selector: str = "") -> str:
+    sel = f"  selector: {{matchLabels: {{{selector}}}}}\n" if selector else ""
+    return (f"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, "
+            f"namespace: {namespace}}}\nspec:\n  mtls: {{mode: {mode}}}\n{sel}")
+
+
+def test_destination_rule_tls_against_the_servers_peer_authentication(mesh_dir):
+    plain = ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n"
+             "  host: reviews\n  trafficPolicy:\n    tls: {mode: DISABLE}\n"
+             "  subsets:\n  - name: v1\n    labels: {version: v1}\n"
+             "    trafficPolicy: {portLevelSettings: [{port: {number: 9080}, tls: {mode: ISTIO_MUTUAL}}]}\n")
+    mutual = ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ratings, namespace: prod}\n"
+              "spec:\n  host: ratings\n  trafficPolicy: {tls: {sni: x}}\n")
+    found = analyze(mesh_dir, plain, mutual, peer_auth("default", "istio-system", "STRICT"))
+    assert [(f.code, f.resource[2], f.field, f.line) for f in found] == [
+        ("KW0113", "reviews", "spec.trafficPolicy.tls.mode", 7), ("KW0113", "ratings", "spec.trafficPolicy.tls", 6)]
+    assert found[0].level.name == "Error" and found[0].message == (
+        'A DestinationRule and PeerAuthentication are in conflict with regards to mTLS for host '
+        '"reviews.default.svc.cluster.local": tls mode DISABLE sends plaintext, but PeerAuthentication '
+        'istio-system/default (mode STRICT) makes its servers accept only mTLS')
+    # a namespace policy overrides the mesh's (UNSET inherits); ISTIO_MUTUAL to a DISABLE namespace conflicts
+    found = analyze(mesh_dir, plain, mutual, peer_auth("default", "istio-system", "STRICT"),
+                    peer_auth("default", "default", "DISABLE"), peer_auth("default", "prod", "UNSET"),
+                    peer_auth("workload", "prod", "DISABLE", selector="app: ratings"))
+    assert codes(found) == [("KW0113", "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode"),
+                            ("KW0113", "spec.trafficPolicy.tls")]
+    assert "sends mTLS, but PeerAuthentication default/default (mode DISABLE)" in found[0].message
+    for old in (mesh_dir / "config").glob("*.yaml"):
+        old.unlink()
+    assert codes(analyze(mesh_dir, plain, peer_auth("default", "default", "PERMISSIVE"))) == []
+
 def test_every_traffic_task_file_is_clean_offline(mesh_dir):
     """tests/e2e/traffic/*.yaml, each with the DestinationRules (the bad updates excepted)."""
     traffic = REPO / "tests" / "e2e" / "traffic"

@@ -182,6 +182,18 @@ def test_required_fields_and_cel_presence_rules():
         ("spec.jwtRules.0.jwks_uri", "expected a URL starting with http:// or https://, got 'ftp://keys'")]
 
 
+
+def test_port_level_mtls_needs_a_workload_selector():
+    """Istio: "mesh/namespace peer authentication cannot have port level mTLS"."""
+    ports = {8080: {"mode": "DISABLE"}}
+    expected = [("spec.portLevelMtls", "expected a non-empty selector.matchLabels with portLevelMtls "
+                                       "(portLevelMtls requires selector)")]
+    assert spec_problems("PeerAuthentication", {"portLevelMtls": ports}, "security.istio.io") == expected
+    assert spec_problems("PeerAuthentication", {"selector": {"matchLabels": {}}, "portLevelMtls": ports},
+                         "security.istio.io") == expected
+    assert spec_problems("PeerAuthentication", {"selector": {"matchLabels": {"app": "a"}}, "portLevelMtls": ports,
+                                                "mtls": {"mode": "STRICT"}}, "security.istio.io") == []
+
 def test_unique_list_keys():
     spec = {"hosts": ["a.example"], "ports": [{"number": 80, "name": "http"}, {"number": 80, "name": "http2"},
                                               {"number": 81, "name": "http"}]}

@@ -38,8 +38,6 @@ SKIPPED_RULES = {
     '(has(self.address) ? self.address : "").startsWith("unix://") ? !has(self.ports) : true',
     '(has(self.serviceAccounts) || has(self.notServiceAccounts)) ? (!has(self.principals) && '
     '!has(self.notPrincipals) && !has(self.namespaces) && !has(self.notNamespaces)) : true',
-    'has(self.portLevelMtls) ? (((has(self.selector) && has(self.selector.matchLabels)) ? '
-    'self.selector.matchLabels : {}).size() > 0) : true',
     'self.startsWith("unix://") ? !self.endsWith("/") : true',
     'self.startsWith("unix://") ? (self.substring(7, 8) == "/" || self.substring(7, 8) == "@") : true',
 }

@@ -71,6 +71,8 @@ MESSAGES: dict[str, Message] = _messages(
             "several VirtualServices bound to the mesh gateway define one host; only the first one is used"),
     Message("KW0112", Level.Error, "VirtualServiceDestinationPortSelectorRequired",
             "a destination has no port while its service has several"),
+    Message("KW0113", Level.Error, "MTLSPolicyConflict",
+            "a DestinationRule's tls mode is refused by the destination's mesh or namespace PeerAuthentication"),
     Message("KW0122", Level.Warning, "InvalidRegexp", "a regular expression does not compile"),
     Message("KW0130", Level.Warning, "VirtualServiceUnreachableRule",
             "an HTTP route follows an unconditional one, or every match of it is matched by earlier routes"),

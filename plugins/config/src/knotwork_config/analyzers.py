@@ -418,6 +418,77 @@ def regexes(inputs: Inputs) -> Iterator[Finding]:
 
 Analyzer = Callable[[Inputs], Iterator[Finding]]
 
+# ── mTLS: DestinationRule tls against the servers' PeerAuthentication ─────────
+
+_PEER_MODES = ("DISABLE", "PERMISSIVE", "STRICT")
+
+
+def _tls_blocks(spec: Mapping) -> Iterator[tuple[tuple, Mapping]]:
+    """(field path, tls) of every ``tls`` of a DestinationRule: rule, port levels, subsets and their port levels."""
+    policies = [(("spec", "trafficPolicy"), _map(spec.get("trafficPolicy")))]
+    policies += [(("spec", "subsets", i, "trafficPolicy"), _map(_map(subset).get("trafficPolicy")))
+                 for i, subset in enumerate(_list(spec.get("subsets")))]
+    for path, policy in policies:
+        if isinstance(policy.get("tls"), Mapping):
+            yield (*path, "tls"), policy["tls"]
+        for i, level in enumerate(_list(policy.get("portLevelSettings"))):
+            if isinstance(_map(level).get("tls"), Mapping):
+                yield (*path, "portLevelSettings", i, "tls"), level["tls"]
+
+
+def mtls_conflicts(inputs: Inputs) -> Iterator[Finding]:
+    """KW0113 a DestinationRule tls mode the destination's mesh or namespace PeerAuthentication refuses.
+
+    ``DISABLE`` (plaintext) to a namespace whose policy is ``STRICT``, or
+    ``ISTIO_MUTUAL`` to one whose policy is ``DISABLE`` (Istio's
+    ``MTLSPolicyConflict``, IST0113). Only service hosts (``name.ns.svc.…``)
+    and the mesh- and namespace-wide policies (no selector) are compared;
+    ``UNSET`` inherits, the default is ``PERMISSIVE``; the first policy of a
+    level wins, as in the compiler.
+    """
+    mesh = inputs.mesh
+    mesh_level: Item | None = None
+    namespace_level: dict[str, Item] = {}
+    for item in inputs.of_kind("PeerAuthentication"):
+        if _map(_map(item.resource.spec.get("selector")).get("matchLabels")):
+            continue
+        if mesh.is_root_namespace(item.resource.namespace):
+            mesh_level = mesh_level or item
+        else:
+            namespace_level.setdefault(item.resource.namespace, item)
+    if mesh_level is None and not namespace_level:
+        return
+
+    def server(namespace: str) -> tuple[str, Item | None]:
+        mode, decided = "PERMISSIVE", None
+        levels = [mesh_level] if mesh.is_root_namespace(namespace) else [mesh_level, namespace_level.get(namespace)]
+        for item in levels:
+            written = _map(item.resource.spec.get("mtls")).get("mode") if item is not None else None
+            if written in _PEER_MODES:
+                mode, decided = written, item
+        return mode, decided
+
+    for dr in inputs.of_kind("DestinationRule"):
+        host = inputs.resolve(str(dr.resource.spec.get("host") or ""), dr.resource.namespace)
+        parts = host.split(".")
+        if "*" in host or len(parts) < 4 or parts[2] != "svc":
+            continue
+        mode, policy = server(parts[1])
+        if policy is None:
+            continue
+        for path, tls in _tls_blocks(dr.resource.spec):
+            client = tls.get("mode", "DISABLE")
+            if (client, mode) not in (("DISABLE", "STRICT"), ("ISTIO_MUTUAL", "DISABLE")):
+                continue
+            sends = "plaintext" if client == "DISABLE" else "mTLS"
+            accepts = "only mTLS" if mode == "STRICT" else "only plaintext"
+            where = f"{policy.resource.namespace}/{policy.resource.name}"
+            yield dr.finding("KW0113", (*path, "mode") if "mode" in tls else path, (
+                f"A DestinationRule and PeerAuthentication are in conflict with regards to mTLS for host {_q(host)}: "
+                f"tls mode {client} sends {sends}, but PeerAuthentication {where} (mode {mode}) makes its "
+                f"servers accept {accepts}"))
+
+
 #: name -> analyzer, in the order they run.
 ANALYZERS: dict[str, Analyzer] = {
     "destination-references": destination_references,
@@ -429,6 +500,7 @@ ANALYZERS: dict[str, Analyzer] = {
     "route-weights": route_weights,
     "shadowed-routes": shadowed_routes,
     "regexes": regexes,
+    "mtls-conflicts": mtls_conflicts,
 }
 
 

@@ -17,7 +17,9 @@ small check objects:
 - the CEL rules (``x-kubernetes-validations``) Istio writes, recognised by
   their shape: durations (``duration(self) >= duration('1ms')``, checked with
   :func:`parse_duration`), ports, wildcards, exclusive and required-together
-  fields, unique list keys. A rule of another shape is skipped silently.
+  fields, unique list keys, a field that needs another non-empty one
+  (PeerAuthentication's ``portLevelMtls`` needs ``selector.matchLabels``). A
+  rule of another shape is skipped silently.
 
 ``None`` values count as absent, as Kubernetes prunes them.
 """
@@ -364,6 +366,8 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r'\(\(has\(self\.(\w+)\) \? self\.\1 : "(\w*)"\) == "(\w+)"\) '
                 r'\? !has\(self\.(\w+)\) : true'), "forbids"),
     (re.compile(r"url\(self\)\.getScheme\(\) in \[(.*)\]"), "url_scheme"),
+    (re.compile(r"has\(self\.(\w+)\) \? \(\(\(has\(self\.(\w+)\) && has\(self\.\2\.(\w+)\)\) "
+                r"\? self\.\2\.\3 : \{\}\)\.size\(\) > 0\) : true"), "requires_nonempty"),
 ]
 
 
@@ -428,6 +432,14 @@ def _value_rule(shape: str, groups: tuple[str, ...], message: str) -> Rule | Non
             if value.partition("://")[0] not in schemes or "://" not in value:
                 yield path, f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}, got {show(value)}"
         return url_scheme
+    if shape == "requires_nonempty":
+        field, parent, child = groups
+
+        def requires_nonempty(value: Any, path: tuple) -> Iterator[Problem]:
+            given = value.get(parent)
+            if _has(value, field) and not (isinstance(given, Mapping) and given.get(child)):
+                yield (*path, field), f"expected a non-empty {parent}.{child} with {field} ({message})"
+        return requires_nonempty
     if shape == "unique":
         field = groups[2]
 
