@@ -266,6 +266,19 @@ def test_external_hosts_get_no_auto_mtls():
     assert tls_of(snap, f"outbound|80||{EXTERNAL}") is None
 
 
+def test_istio_mutual_to_a_service_entry_host_checks_its_subject_alt_names():
+    entry = external_entry()
+    sans = ["spiffe://cluster.local/ns/vm/sa/api"]
+    entry = attrs.evolve(entry, spec={**entry.spec, "subjectAltNames": sans, "location": "MESH_INTERNAL"})
+    mutual = rule({"trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}, name="api", host=EXTERNAL)
+    assert tls_of(compile_(entry, mutual), f"outbound|80||{EXTERNAL}").identities == tuple(sans)
+    named = rule({"trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL", "subjectAltNames": ["spiffe://x/ns/a/sa/b"]}}},
+                 name="api", host=EXTERNAL)
+    assert tls_of(compile_(entry, named), f"outbound|80||{EXTERNAL}").identities == ("spiffe://x/ns/a/sa/b",)
+    # without names anywhere: no identity to insist on (any SVID the mesh's bundle verifies)
+    assert tls_of(compile_(external_entry(), mutual), f"outbound|80||{EXTERNAL}").identities == ()
+
+
 def test_simple_origination_with_files_relative_to_the_mesh_dir(pki):
     dr = rule({"trafficPolicy": {"tls": {"mode": "SIMPLE", "caCertificates": "ca.crt",
                                          "subjectAltNames": ["api.example.com"]}}}, name="api", host=EXTERNAL)

@@ -22,9 +22,11 @@ DestinationRule subsets. Read:
   endpoint's port is ``ports[<port name>]``, else the port's ``targetPort``,
   else its ``number``.
 
-``addresses``, ``workloadSelector``, ``subjectAltNames`` and endpoint
-``network``/``serviceAccount`` are not supported yet and are ignored with a
-warning; ``exportTo`` is applied by :mod:`knotwork_routing.visibility`. The
+``subjectAltNames`` are the identities a server of the hosts may present
+when a DestinationRule asks for ``ISTIO_MUTUAL`` (see
+:mod:`knotwork_routing.upstreamtls`). ``addresses``, ``workloadSelector`` and
+endpoint ``network``/``serviceAccount`` are not supported yet and are ignored
+with a warning; ``exportTo`` is applied by :mod:`knotwork_routing.visibility`. The
 first ServiceEntry naming a host owns it (a later one is ignored with a
 warning); a platform service with the same name wins over a ServiceEntry.
 """
@@ -48,7 +50,7 @@ __all__ = ["LOCATIONS", "RESOLUTIONS", "ExternalService", "ServiceEntries", "is_
 LOCATIONS = ("MESH_EXTERNAL", "MESH_INTERNAL")
 #: Istio ``resolution`` -> :attr:`knotwork.proxyconfig.Cluster.resolution`.
 RESOLUTIONS = {"NONE": "passthrough", "STATIC": "static", "DNS": "dns", "DNS_ROUND_ROBIN": "dns"}
-_LATER = ("addresses", "workloadSelector", "subjectAltNames")
+_LATER = ("addresses", "workloadSelector")
 _ENDPOINT_LATER = ("network", "serviceAccount")
 
 
@@ -63,6 +65,8 @@ class ExternalService:
     location: str
     resource: Resource
     labels: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``subjectAltNames``: the identities a server of this host may present over ISTIO_MUTUAL.
+    subject_alt_names: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -185,13 +189,15 @@ class ServiceEntries:
         if wild and resolution == "static" and not entry.spec.get("endpoints"):
             raise ResourceError(entry, "spec.endpoints", f"resolution STATIC of wildcard host {wild[0]!r} needs endpoints")
         endpoints = _endpoints(entry, hosts, ports, resolution)
+        sans = tuple(str(n) for n in as_list(entry, entry.spec.get("subjectAltNames"), "spec.subjectAltNames"))
         for host in hosts:
             owner = self.services.get(host)
             if owner is not None:
                 log.warning("ServiceEntry host already defined; ignored", resource=str(entry), host=host,
                             defined_by=str(owner.resource), source=str(entry.source))
                 continue
-            self.services[host] = ExternalService(host, entry.namespace, ports, resolution, location, entry)
+            self.services[host] = ExternalService(host, entry.namespace, ports, resolution, location, entry,
+                                                  subject_alt_names=sans)
             for sp in ports:
                 self.endpoints[(host, sp.port)] = tuple(
                     Endpoint(service=host, service_port=sp.port, address=address, labels=labels, weight=weight,

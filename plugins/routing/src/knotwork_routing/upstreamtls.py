@@ -10,7 +10,9 @@ Istio's merge of rule, port-level, subset and subset port-level policies
 - ``ISTIO_MUTUAL`` — mesh mTLS with the proxy's own SVID
   (:class:`~knotwork.proxyconfig.UpstreamTls` mode ``ISTIO_MUTUAL``): the
   server must present one of `identities`, the rule's ``subjectAltNames``
-  when given, else the SPIFFE IDs of the cluster's endpoints; ``sni`` the
+  when given, else a ServiceEntry host's ``subjectAltNames``, else the
+  SPIFFE IDs of the cluster's endpoints (none of these: any SVID the mesh's
+  trust bundle verifies, as Istio); ``sni`` the
   rule's, else Istio's ``outbound_.<port>_.<subset>_.<host>``; ALPN
   :data:`~knotwork.proxyconfig.MESH_ALPN_HTTP` (HTTP clusters) or
   :data:`~knotwork.proxyconfig.MESH_ALPN_TCP`. Certificate fields are ignored
@@ -98,7 +100,7 @@ class UpstreamTlsPolicy:
         if mode == "DISABLE":
             return None, endpoints, ()
         if mode == "ISTIO_MUTUAL":
-            return self._istio_mutual(tls, fqdn, port, subset, protocol, endpoints), endpoints, ()
+            return self._istio_mutual(tls, fqdn, port, subset, protocol, service, endpoints), endpoints, ()
         if mode in ("SIMPLE", "MUTUAL"):
             upstream, secrets = self._originate(tls, fqdn)
             return upstream, endpoints, secrets
@@ -107,14 +109,16 @@ class UpstreamTlsPolicy:
 
     # ── modes ────────────────────────────────────────────────────────────────
 
-    def _istio_mutual(self, tls: ClientTls, fqdn: str, port: int, subset: str, protocol: str,
+    def _istio_mutual(self, tls: ClientTls, fqdn: str, port: int, subset: str, protocol: str, service: Any,
                       endpoints: Sequence[LbEndpoint]) -> UpstreamTls:
         for key in _CERT_FIELDS:
             if tls.settings.get(key):
                 warn_ignored(tls.rule, f"{tls.where}.{key}",
                              "ignored with mode ISTIO_MUTUAL: the proxy's own SVID is used")
         names = _names(tls, "subjectAltNames")
-        identities = names or tuple(sorted({ep.identity for ep in endpoints if ep.identity}))
+        # the rule's names, else a ServiceEntry's subjectAltNames, else who the endpoints are; none: any SVID of the mesh
+        identities = (names or tuple(getattr(service, "subject_alt_names", ()))
+                      or tuple(sorted({ep.identity for ep in endpoints if ep.identity})))
         sni = _text(tls, "sni") or istio_sni(port, subset, fqdn)
         return UpstreamTls("ISTIO_MUTUAL", identities=identities, sni=sni, alpn=_mesh_alpn(protocol))
 
