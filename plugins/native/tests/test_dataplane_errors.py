@@ -12,11 +12,13 @@ from knotwork.proxyconfig import (
     DirectResponse,
     Extension,
     Listener,
+    PeerTls,
     Redirect,
     RetryPolicy,
     Route,
     RouteAction,
     RouteMatch,
+    UpstreamTls,
     WeightedCluster,
 )
 
@@ -338,13 +340,18 @@ async def test_a_listener_that_cannot_bind_leaves_the_old_config() -> None:
             assert (await _get(taken))[0] == 200
 
 
-def test_tls_is_refused_rather_than_ignored() -> None:
+def test_mesh_tls_without_a_workload_identity_is_refused_rather_than_ignored() -> None:
     res = resources(http_listener(), tables=[one_route()], clusters={"c": [("127.0.0.1", 1)]})
-    res["clusters"]["c"] = attrs.evolve(res["clusters"]["c"], tls={"mode": "ISTIO_MUTUAL"})
-    with pytest.raises(ValueError, match="upstream TLS"):
+    res["clusters"]["c"] = attrs.evolve(res["clusters"]["c"], tls=UpstreamTls("ISTIO_MUTUAL", identities=("spiffe://td/ns/a/sa/b",)))
+    with pytest.raises(ValueError, match="cluster 'c': tls mode ISTIO_MUTUAL needs the proxy's workload identity"):
         _build(res)
-    res["clusters"]["c"] = attrs.evolve(res["clusters"]["c"], tls={"mode": "DISABLE"})
-    _build(res)
+    res["clusters"]["c"] = attrs.evolve(res["clusters"]["c"], tls=None)
+    res["listeners"]["in"] = attrs.evolve(res["listeners"]["in"], tls=PeerTls("STRICT"))
+    with pytest.raises(ValueError, match="listener 'in': tls mode STRICT needs the proxy's workload identity"):
+        _build(res)
+    for mode in ("PERMISSIVE", "DISABLE"):  # both accept plaintext, all a proxy without an SVID can do
+        res["listeners"]["in"] = attrs.evolve(res["listeners"]["in"], tls=PeerTls(mode))
+        _build(res)
 
 
 async def test_client_going_away_is_dc_and_frees_the_upstream() -> None:

@@ -15,6 +15,8 @@ from typing import Any
 from knotwork.records import ProxyContext
 
 from .http1 import DownstreamProtocol
+from .inbound_tls import MeshAcceptor
+from .mesh_tls import MeshIdentity
 from .runtime import ListenerRuntime, Runtime, Shared, install_event_loop
 from .runtime_build import build_runtime
 from .tcp import TcpListenerProtocol
@@ -69,16 +71,22 @@ class DataPlane:
         node_id: str,
         known_extensions: frozenset[str] = frozenset(),
         source_labels: Mapping[str, str] | None = None,
+        identity: Any = None,
     ) -> None:
         """`known_extensions`: extension names this engine carries out (others are NACKed);
-        `source_labels`: the local workload's labels, seen by strategies on outbound requests."""
+        `source_labels`: the local workload's labels, seen by strategies on outbound requests;
+        `identity`: the proxy's :class:`~knotwork.identity.WorkloadIdentity` (None: no mesh mTLS)."""
         self.ctx = ctx
+        #: the proxy's SVID as TLS contexts, rebuilt on each renewal (None: no workload identity)
+        self.mesh = MeshIdentity(identity) if identity is not None else None
         self.node_id = node_id
         self.known_extensions = known_extensions
         self.source_labels = dict(source_labels or {})
         settings = ctx.settings
         #: seconds an idle keep-alive connection (downstream or pooled upstream) is kept
         self.idle_timeout: float = getattr(settings, "idle_timeout", 60.0)
+        #: seconds a PERMISSIVE listener waits for a connection's first bytes before serving it as plaintext
+        self.peek_timeout: float = getattr(settings, "peek_timeout", 5.0)
         self.stats: collections.Counter[str] = collections.Counter()
         self.shared = Shared(None, None, self.stats)  # type: ignore[arg-type]
         self.pools = Pools(self.stats, None, getattr(settings, "max_idle_per_endpoint", 128), self.shared)  # type: ignore[arg-type]
@@ -101,7 +109,7 @@ class DataPlane:
         Raises ConsistencyError when references do not resolve yet (wait for
         more types), ValueError naming resource and field when it is invalid (NACK).
         """
-        return build_runtime(self.ctx, resources, self.runtime, self.known_extensions)
+        return build_runtime(self.ctx, resources, self.runtime, self.known_extensions, self.mesh)
 
     async def apply(self, runtime: Runtime) -> None:
         """Swap in `runtime`: bind new listeners, close removed ones, keep unchanged ones.
@@ -180,11 +188,14 @@ class DataPlane:
         else:
             def factory() -> asyncio.Protocol:
                 return DownstreamProtocol(slot, shared)
-        # TLS: one listening context whose SNI callback follows the slot's current runtime (see .downstream_tls)
-        ssl_context = lrt.tls.listening_context(lambda: slot.rt.tls) if lrt.tls is not None else None
         try:
-            server = await shared.loop.create_server(factory, lis.address, lis.port, reuse_address=True, backlog=1024,
-                                                     ssl=ssl_context)
+            if lrt.mtls is not None:  # mesh mTLS: sockets accepted and peeked at before a transport reads (see .inbound_tls)
+                server: Any = MeshAcceptor(shared.loop, lis.address, lis.port, slot, factory, self.stats, self.peek_timeout)
+            else:
+                # TLS: one listening context whose SNI callback follows the slot's current runtime (see .downstream_tls)
+                ssl_context = lrt.tls.listening_context(lambda: slot.rt.tls) if lrt.tls is not None else None
+                server = await shared.loop.create_server(factory, lis.address, lis.port, reuse_address=True, backlog=1024,
+                                                         ssl=ssl_context)
         except OSError as exc:
             raise ValueError(f"listener {lis.name!r}: cannot listen on {lis.address}:{lis.port}: {exc.strerror or exc}") from exc
         slot.server = server
@@ -251,6 +262,7 @@ class DataPlane:
                     "configured_port": slot.rt.listener.port, "mode": slot.rt.listener.mode,
                     "protocol": slot.rt.listener.protocol, "connections": len(slot.connections),
                     "tls": slot.rt.tls is not None,
+                    "mtls": slot.rt.mtls.mode if slot.rt.mtls is not None else None,
                 }
                 for name, slot in sorted(self.slots.items())
             ],
@@ -267,6 +279,7 @@ class DataPlane:
             "upstream_cx_active": self.stats["upstream_cx_active"],
             "upstream_cx_idle": self.pools.idle_count(),
             "last_internal_error": shared.last_error,
+            "mesh_identity": self.mesh.status() if self.mesh is not None else None,
         }
 
     def stats_text(self) -> str:

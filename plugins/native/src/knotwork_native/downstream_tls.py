@@ -2,11 +2,8 @@
 
 A listener's :class:`~knotwork.proxyconfig.ServerTls` chains become one
 :class:`ssl.SSLContext` each, built from the PEM strings of the snapshot's
-Secrets. The stdlib ``ssl`` module only loads a certificate and key from
-files, so the PEM text is written to anonymous in-memory files
-(``memfd_create``; the key never touches a disk) and loaded through
-``/proc/self/fd``; where that is unavailable, to 0600 files in a private
-0700 temporary directory that is removed right after loading. Contexts are
+Secrets, loaded without the key touching a disk by the kernel's
+:func:`knotwork.identity.load_chain` (anonymous in-memory files). Contexts are
 cached by content, so a config push that does not change a secret builds
 nothing.
 
@@ -25,14 +22,12 @@ the handshake is done, that the chosen chain got what it requires.
 
 from __future__ import annotations
 
-import os
 import ssl
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from knotwork.identity import load_chain
 from knotwork.proxyconfig import Secret, ServerTls
 
 __all__ = ["TlsChain", "TlsPlan", "build_tls_plan"]
@@ -41,33 +36,6 @@ _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _CACHE: OrderedDict[tuple[Any, ...], ssl.SSLContext] = OrderedDict()
 _CACHE_SIZE = 64
 CHAIN_ATTR = "_knotwork_tls_chain"
-
-
-def _load_cert_chain(ctx: ssl.SSLContext, chain: str, key: str) -> None:
-    """Load a PEM certificate chain and key held in memory into `ctx`."""
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        fds = []
-        try:
-            for data in (chain, key):
-                fd = os.memfd_create("knotwork-tls", os.MFD_CLOEXEC)
-                fds.append(fd)
-                view = memoryview(data.encode("ascii"))
-                while view:
-                    view = view[os.write(fd, view):]
-            ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
-        finally:
-            for fd in fds:
-                os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="knotwork-tls-") as tmp:  # created 0700
-        paths = []
-        for name, data in (("chain.pem", chain), ("key.pem", key)):
-            path = Path(tmp) / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-            paths.append(str(path))
-        ctx.load_cert_chain(paths[0], paths[1])
 
 
 def _version(value: str | None, where: str, field: str) -> ssl.TLSVersion | None:
@@ -91,7 +59,7 @@ def _context(chain: ServerTls, cert: Secret, ca: Secret | None, where: str) -> s
     if maximum is not None:
         ctx.maximum_version = maximum
     try:
-        _load_cert_chain(ctx, cert.certificate_chain, cert.private_key)
+        load_chain(ctx, cert.certificate_chain, cert.private_key)
     except (ssl.SSLError, OSError, UnicodeEncodeError) as exc:
         raise ValueError(f"{where}: secret {cert.name!r}: certificate chain or key refused: {exc}") from exc
     if ca is not None:

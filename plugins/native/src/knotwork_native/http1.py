@@ -50,6 +50,8 @@ _SPECIAL = {
     b"host": _HOST, b"connection": _CONN, b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP,
     b"trailer": _DROP, b"upgrade": _DROP, b"proxy-authorization": _DROP, b"transfer-encoding": _TE,
     b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP, b"x-request-id": _RID, b"expect": _EXPECT,
+    # never taken from a client (Envoy's SANITIZE / Istio's SANITIZE_SET): an mTLS inbound connection sets its own
+    b"x-forwarded-client-cert": _DROP,
 }
 _CONN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -67,7 +69,7 @@ class DownstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "blocks", "chunked", "closed", "connect", "drop", "dp", "ex", "expect", "feeding", "fwd_lines", "host", "local_address",
         "maybe10", "parser", "parts", "peer_address", "peer_identity", "queue", "reading", "rid", "slot", "tick", "tls", "transport",
-        "url", "write_paused", "xff", "xff_peer", "xfp", "xfp_line",
+        "url", "write_paused", "xfcc", "xff", "xff_peer", "xfp", "xfp_line",
     )
 
     def __init__(self, slot: Any, dp: Any) -> None:
@@ -88,6 +90,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.local_address: tuple[str, int] = ("", 0)
         self.peer_identity: str | None = None
         self.tls = False
+        self.xfcc = b""  # the x-forwarded-client-cert line of an mTLS connection (see .mesh_tls)
         self.xff_peer = b""
         self.xfp_line = b"x-forwarded-proto: http\r\n"
         self.fwd_lines = b"x-forwarded-for: \r\n" + self.xfp_line  # both x-forwarded-* lines when the client sent neither
@@ -109,21 +112,29 @@ class DownstreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         ssl_object = transport.get_extra_info("ssl_object")
+        peer = transport.get_extra_info("peername")
         if ssl_object is not None:  # a listener terminating TLS: the handshake is done
             self.tls = True
             self.xfp_line = b"x-forwarded-proto: https\r\n"
-            self.fwd_lines = b"x-forwarded-for: \r\n" + self.xfp_line
-            if TlsPlan.refusal(ssl_object) is not None:
+            mtls = self.slot.rt.mtls
+            if mtls is not None:  # mesh mTLS: the client's SPIFFE ID must be in the trust domain
+                self.peer_identity = mtls.admit(ssl_object, peer)
+                refused = self.peer_identity is None
+                if not refused:
+                    self.xfcc = mtls.xfcc(self.peer_identity)
+            else:
+                refused = TlsPlan.refusal(ssl_object) is not None
+            if refused:
                 self.closed = True
                 self.dp.stats["downstream_cx_tls_refused"] += 1
                 transport.close()
                 return
-        peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         if peer:
             self.peer_address = (peer[0], peer[1])
             self.xff_peer = peer[0].encode()
-            self.fwd_lines = b"x-forwarded-for: " + self.xff_peer + b"\r\n" + self.xfp_line
+        # the x-forwarded-* (and x-forwarded-client-cert) lines of a request that came with none
+        self.fwd_lines = b"x-forwarded-for: " + self.xff_peer + b"\r\n" + self.xfp_line + self.xfcc
         if local:
             self.local_address = (local[0], local[1])
         self.slot.connections.add(self)

@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -20,6 +21,7 @@ from knotwork.protocols import Decision
 
 from . import flags as F
 from .runtime import RoutePlan
+from .upstream_tls import connect as tls_connect
 
 __all__ = ["Forwarding"]
 
@@ -56,12 +58,19 @@ class _ResponseEnd:
         self.done = True
 
 
-async def send_mirror(ep: Any, data: list[bytes], timeout: float, stats: Any, release: Any) -> None:
-    """One mirrored request on its own connection; its response is read and dropped."""
+async def send_mirror(ep: Any, data: list[bytes], timeout: float, stats: Any, release: Any, tls: Any = None) -> None:
+    """One mirrored request on its own connection (TLS with the cluster's plan `tls`); its response is read and dropped."""
     writer = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(ep.address, ep.port)
+            if tls is None:
+                reader, writer = await asyncio.open_connection(ep.address, ep.port)
+            else:
+                loop = asyncio.get_running_loop()
+                reader = asyncio.StreamReader(loop=loop)
+                transport, proto = await tls_connect(loop, lambda: asyncio.StreamReaderProtocol(reader), ep.address,
+                                                     ep.port, tls, stats)
+                writer = asyncio.StreamWriter(transport, proto, reader, loop)  # type: ignore[arg-type]
             writer.writelines(data)
             await writer.drain()
             end = _ResponseEnd()
@@ -85,6 +94,9 @@ def _why(exc: BaseException) -> str:
     """A short, lower-case reason for a connection error."""
     if isinstance(exc, TimeoutError):
         return "connection timeout"
+    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+        return f"TLS handshake failed: {str(detail).lower()}"
     if isinstance(exc, socket.gaierror):  # a name that does not resolve (dns and passthrough clusters)
         return f"name resolution failed: {str(exc.strerror).lower()}"
     errno = getattr(exc, "errno", None)
@@ -341,7 +353,8 @@ class Forwarding:
             if ep is None:
                 stats["mirror_rq_failed"] += 1
                 continue
-            task = self.dp.loop.create_task(send_mirror(ep, [head, *body], timeout, stats, crt.release))
+            tls = crt.tls.for_endpoint(ep) if crt.tls is not None else None
+            task = self.dp.loop.create_task(send_mirror(ep, [head, *body], timeout, stats, crt.release, tls))
             _MIRROR_TASKS.add(task)
             task.add_done_callback(_MIRROR_TASKS.discard)
 
@@ -365,6 +378,7 @@ class Forwarding:
         else:
             head += (b"x-forwarded-for: ", proto.xff_peer if xff is None else xff + b", " + proto.xff_peer, b"\r\n")
             head.append(proto.xfp_line if xfp is None or proto.slot.overwrite_xfp else b"x-forwarded-proto: " + xfp + b"\r\n")
+            head.append(proto.xfcc)
         head.append(plan.set_headers)
         head.append(b"transfer-encoding: chunked\r\n\r\n" if self.chunked else b"\r\n")
         return b"".join(head)
@@ -383,7 +397,8 @@ class Forwarding:
         if ep is None:
             return self.attempt_failed(F.UH, f"no healthy upstream for cluster {crt.name}", False, 503)
         self.endpoint = self.picked = ep
-        pool = self.dp.pools[(ep.address, ep.port)]
+        tls = crt.tls
+        pool = self.dp.pools[(ep.address, ep.port) if tls is None else tls.key(ep)]
         self.upstream = pool.label
         per_try = self.plan.retry.per_try_timeout
         if per_try is not None:
@@ -530,7 +545,7 @@ class Forwarding:
             if self.sent_any:
                 self.buf = list(self.replay)  # type: ignore[arg-type]
                 self.sent_any = False
-            self.task = self.dp.loop.create_task(self.dial(self.dp.pools[(conn.pool.address, conn.pool.port)]))
+            self.task = self.dp.loop.create_task(self.dial(self.dp.pools[conn.pool.key]))
             return None
         why = f"upstream connection to cluster {self.crt.name} endpoint {self.upstream} closed before response headers"
         if exc is not None:

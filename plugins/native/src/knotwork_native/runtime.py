@@ -89,10 +89,12 @@ DEFAULT_RETRY = RetryPlan(2, ("connect-failure", "refused-stream"))
 class ClusterRuntime:
     """One cluster: its balancer and endpoints; counters for /status."""
 
-    __slots__ = ("balancer", "connect_timeout", "endpoints", "name", "pick", "release", "resource", "rq_total", "pending_update")
+    __slots__ = ("balancer", "connect_timeout", "endpoints", "name", "pick", "release", "resource", "rq_total", "pending_update",
+                 "tls")
 
-    def __init__(self, resource: Cluster, balancer: Any, endpoints: tuple[LbEndpoint, ...]):
+    def __init__(self, resource: Cluster, balancer: Any, endpoints: tuple[LbEndpoint, ...], tls: Any = None):
         self.resource = resource
+        self.tls = tls  # an UpstreamTlsPlan (see .upstream_tls), or None: plaintext
         self.name = resource.name
         self.connect_timeout = resource.connect_timeout
         self.balancer = balancer
@@ -293,19 +295,23 @@ class RoutePlan:
 
 class ListenerRuntime:
     """One listener's chain: router and plans (http) or cluster (tcp), strategies; `tls`:
-    the :class:`~knotwork_native.downstream_tls.TlsPlan` of a listener terminating TLS.
+    the :class:`~knotwork_native.downstream_tls.TlsPlan` of a listener terminating TLS;
+    `mtls`: the :class:`~knotwork_native.mesh_tls.InboundMtls` of an inbound listener
+    accepting mesh mTLS (STRICT or PERMISSIVE).
 
     `key` decides whether a bound listener is kept across configs: a change of
-    its TLS chains (not of their secrets' content) rebinds it.
+    its TLS chains (not of their secrets' content), or between mesh mTLS and
+    plaintext only, rebinds it (STRICT ↔ PERMISSIVE does not).
     """
 
-    __slots__ = ("authn", "authz", "cluster", "clusters", "key", "listener", "name", "plans", "router", "split",
+    __slots__ = ("authn", "authz", "cluster", "clusters", "key", "listener", "mtls", "name", "plans", "router", "split",
                  "telemetry", "tls")
 
-    def __init__(self, listener: Listener):
+    def __init__(self, listener: Listener, mtls: Any = None):
         self.listener = listener
         self.name = listener.name
-        self.key = (listener.address, listener.port, listener.mode, listener.protocol, listener.server_tls)
+        self.mtls = mtls
+        self.key = (listener.address, listener.port, listener.mode, listener.protocol, listener.server_tls, mtls is not None)
         self.tls: Any = None
         self.router: Any = None
         self.plans: dict[int, RoutePlan] = {}
@@ -339,10 +345,11 @@ class Runtime:
         self.listeners: dict[str, ListenerRuntime] = {}
         self.clusters: dict[str, ClusterRuntime] = {}
         self.routers: dict[str, Any] = {}
+        self.tls_plans: dict[str, Any] = {}  # UpstreamTlsPlan by tag, for the next config to reuse
 
-    def endpoint_keys(self) -> set[tuple[str, int]]:
-        """Every (address, port) any cluster may send to."""
-        return {(e.address, e.port) for c in self.clusters.values() for e in c.endpoints}
+    def endpoint_keys(self) -> set[tuple[Any, ...]]:
+        """The pool key of every endpoint any cluster may send to: (address, port), plus the TLS plan."""
+        return {(e.address, e.port) if c.tls is None else c.tls.key(e) for c in self.clusters.values() for e in c.endpoints}
 
 
 class Shared:

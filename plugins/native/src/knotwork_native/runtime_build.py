@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from knotwork.proxyconfig import RESOLUTIONS, EndpointSet, Listener, RouteTable, check_consistency
+from knotwork.proxyconfig import PEER_MODES, RESOLUTIONS, EndpointSet, Listener, RouteTable, check_consistency
 from knotwork.records import ProxyContext, Strategy
 
 from .downstream_tls import build_tls_plan
+from .mesh_tls import InboundMtls
 from .passthrough import PassthroughBalancer
 from .runtime import ClusterRuntime, ListenerRuntime, RoutePlan, Runtime
+from .upstream_tls import build_upstream_tls
 
 __all__ = ["LISTENER_MODES", "LISTENER_PROTOCOLS", "build_runtime"]
 
@@ -47,14 +49,6 @@ def _check_extensions(resource: Any, where: str, known: frozenset[str]) -> None:
             raise ValueError(f"{where}: extension {ext.name!r} (plugin {ext.plugin!r}) is not supported by the native engine")
 
 
-def _wants_tls(tls: Mapping[str, Any] | None) -> bool:
-    """Whether a `tls` setting asks for TLS (``None``, ``{}`` and mode ``DISABLE`` do not).
-
-    Refusing what we cannot do beats a silent fall back to plaintext.
-    """
-    return bool(tls) and str(tls.get("mode", "")).upper() != "DISABLE"  # type: ignore[union-attr]
-
-
 def _validate_listener(lis: Listener, where: str) -> None:
     if lis.mode not in LISTENER_MODES:
         raise ValueError(f"{where}: mode {lis.mode!r} is not one of {sorted(LISTENER_MODES)}")
@@ -70,8 +64,29 @@ def _validate_listener(lis: Listener, where: str) -> None:
         raise ValueError(f"{where}: weighted_clusters need a positive total weight")
     if lis.mode == "http_proxy" and lis.protocol != "http":
         raise ValueError(f"{where}: an http_proxy listener must use protocol 'http'")
-    if _wants_tls(lis.tls):
-        raise ValueError(f"{where}: TLS {dict(lis.tls or {})} on listeners is not supported by the native data plane yet")
+
+
+def _inbound_mtls(lis: Listener, mesh: Any, where: str) -> InboundMtls | None:
+    """What a listener's PeerTls asks of the data plane (None: plaintext only).
+
+    STRICT without a workload identity is refused (a NACK) rather than served
+    in plaintext; PERMISSIVE without one serves plaintext, which it accepts anyway.
+    """
+    tls = lis.tls
+    if tls is None:
+        return None
+    if tls.mode not in PEER_MODES:
+        raise ValueError(f"{where}: tls mode {tls.mode!r} is not one of {list(PEER_MODES)}")
+    if tls.mode == "DISABLE":
+        return None
+    if lis.server_tls:
+        raise ValueError(f"{where}: a listener takes either server_tls (gateway TLS) or mesh mTLS (tls), not both")
+    if mesh is None:
+        if tls.mode == "STRICT":
+            raise ValueError(f"{where}: tls mode STRICT needs the proxy's workload identity, and this proxy has none "
+                             "(start it with --ca and --identity)")
+        return None
+    return InboundMtls(tls, mesh)
 
 
 def build_runtime(
@@ -79,23 +94,30 @@ def build_runtime(
     resources: Mapping[str, Mapping[str, Any]],
     previous: Runtime | None = None,
     known_extensions: frozenset[str] = frozenset(),
+    mesh: Any = None,
 ) -> Runtime:
     """Validate `resources` and build a :class:`Runtime`.
 
     Raises ConsistencyError when references do not resolve (yet), ValueError
     naming the resource and field when the config is invalid. A cluster equal
     to one in `previous` keeps its balancer object; its endpoints are updated
-    when the runtime is applied, so stateful balancers continue.
+    when the runtime is applied, so stateful balancers continue. `mesh`: the
+    proxy's :class:`~knotwork_native.mesh_tls.MeshIdentity` (None: no SVID,
+    so mesh mTLS is refused).
     """
     check_consistency(resources)
     rt = Runtime(resources)
     endpoint_sets: Mapping[str, EndpointSet] = resources.get("endpoints", {})
     old_clusters = previous.clusters if previous is not None else {}
+    old_plans = previous.tls_plans if previous is not None else {}
+    secrets = resources.get("secrets", {})
     for name, cluster in resources.get("clusters", {}).items():
         where = f"cluster {name!r}"
         _check_extensions(cluster, where, known_extensions)
-        if _wants_tls(cluster.tls):
-            raise ValueError(f"{where}: upstream TLS {dict(cluster.tls or {})} is not supported by the native data plane yet")
+        tls = None
+        if cluster.tls is not None:
+            tls = build_upstream_tls(cluster, secrets, mesh, old_plans, where)
+            rt.tls_plans[tls.tag] = tls
         if cluster.connect_timeout <= 0:
             raise ValueError(f"{where}: connect_timeout must be > 0")
         if cluster.resolution not in RESOLUTIONS:
@@ -114,7 +136,7 @@ def build_runtime(
         for method in ("update", "pick"):
             if not callable(getattr(balancer, method, None)):
                 raise ValueError(f"{where}: load balancer {cluster.lb!r} has no {method}() method")
-        crt = ClusterRuntime(cluster, balancer, endpoints)
+        crt = ClusterRuntime(cluster, balancer, endpoints, tls)
         if reuse:
             crt.pending_update = old is not None and old.endpoints != endpoints
         else:
@@ -136,7 +158,7 @@ def build_runtime(
         if lis.port and (lis.address, lis.port) in seen:
             raise ValueError(f"{where}: {lis.address}:{lis.port} is also used by listener {seen[(lis.address, lis.port)]!r}")
         seen[(lis.address, lis.port)] = name
-        lrt = ListenerRuntime(lis)
+        lrt = ListenerRuntime(lis, _inbound_mtls(lis, mesh, where))
         lrt.clusters = rt.clusters
         if lis.server_tls:
             if lis.protocol != "http":

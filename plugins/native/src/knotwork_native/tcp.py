@@ -13,6 +13,7 @@ from typing import Any
 
 from . import flags as F
 from .http1_forward import _why
+from .upstream_tls import connect as tls_connect
 
 __all__ = ["ConnectFailure", "Pipe", "TcpListenerProtocol", "open_upstream", "start_tunnel"]
 
@@ -124,9 +125,13 @@ async def open_upstream(dp: Any, crt: Any, request: Any, attempts: int = 3) -> t
             if tried:
                 break
             raise ConnectFailure(F.UH, f"no healthy upstream for cluster {crt.name}")
+        tls = crt.tls.for_endpoint(ep) if crt.tls is not None else None
         try:
             async with asyncio.timeout(crt.connect_timeout):
-                transport, pipe = await dp.loop.create_connection(lambda: Pipe(dp), ep.address, ep.port)
+                if tls is None:
+                    transport, pipe = await dp.loop.create_connection(lambda: Pipe(dp), ep.address, ep.port)
+                else:
+                    transport, pipe = await tls_connect(dp.loop, lambda: Pipe(dp), ep.address, ep.port, tls, dp.stats)
         except (OSError, TimeoutError) as exc:
             if crt.release is not None:
                 crt.release(ep)
@@ -156,6 +161,15 @@ class TcpListenerProtocol(Pipe):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         transport.pause_reading()  # type: ignore[attr-defined]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:  # mesh mTLS (see .inbound_tls): the client's SPIFFE ID must be in the trust domain
+            mtls = self.slot.rt.mtls
+            if mtls is None or mtls.admit(ssl_object, transport.get_extra_info("peername")) is None:
+                self.dp.stats["downstream_cx_tls_refused"] += 1
+                self.slot = None  # never counted as a connection of the listener
+                self.closed = True
+                transport.close()
+                return
         self.slot.connections.add(self)
         stats = self.dp.stats
         stats["downstream_cx_total"] += 1

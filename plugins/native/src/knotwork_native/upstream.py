@@ -14,6 +14,8 @@ from typing import Any
 
 import httptools
 
+from .upstream_tls import connect as tls_connect
+
 __all__ = ["HOP_BY_HOP", "REBUILD", "VERBATIM", "EndpointPool", "Pools", "UpstreamConnection"]
 
 #: Idle connections kept per endpoint; older ones beyond it are closed.
@@ -197,16 +199,24 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class EndpointPool:
-    """Keep-alive connections to one endpoint (address, port)."""
+    """Keep-alive connections to one endpoint (address, port), plaintext or with one TLS plan.
 
-    __slots__ = ("address", "connecting", "idle", "label", "loop", "max_idle", "port", "retired", "shared", "stats")
+    `tls` (an :class:`~knotwork_native.upstream_tls.UpstreamTlsPlan`) makes each new
+    connection with the plan's current context and checks the server before it is
+    used; pooled connections are never flushed when the proxy's SVID rotates.
+    """
+
+    __slots__ = ("address", "connecting", "idle", "key", "label", "loop", "max_idle", "port", "retired", "shared", "stats",
+                 "tls")
 
     def __init__(
         self, address: str, port: int, stats: dict[str, int], loop: asyncio.AbstractEventLoop,
-        max_idle: int = MAX_IDLE, shared: Any = None,
+        max_idle: int = MAX_IDLE, shared: Any = None, tls: Any = None,
     ) -> None:
         self.address = address
         self.port = port
+        self.tls = tls
+        self.key = (address, port) if tls is None else (address, port, tls)
         self.label = f"{address}:{port}"
         self.idle: list[UpstreamConnection] = []
         self.stats = stats
@@ -251,11 +261,15 @@ class EndpointPool:
             pass
 
     async def connect(self, timeout: float) -> UpstreamConnection:
-        """Open a new connection (raises OSError or TimeoutError)."""
+        """Open a new connection (raises OSError — ssl.SSLError and PeerRefused too — or TimeoutError)."""
         self.connecting += 1
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await self.loop.create_connection(lambda: UpstreamConnection(self), self.address, self.port)
+                if self.tls is None:
+                    _, conn = await self.loop.create_connection(lambda: UpstreamConnection(self), self.address, self.port)
+                else:
+                    _, conn = await tls_connect(self.loop, lambda: UpstreamConnection(self), self.address, self.port,
+                                                self.tls, self.stats)
         finally:
             self.connecting -= 1
         return conn
@@ -272,8 +286,8 @@ class EndpointPool:
             self.idle.pop().close()
 
 
-class Pools(dict[tuple[str, int], EndpointPool]):
-    """All endpoint pools of a data plane, keyed by (address, port)."""
+class Pools(dict[tuple[Any, ...], EndpointPool]):
+    """All endpoint pools of a data plane, keyed by (address, port), or (address, port, TLS plan)."""
 
     def __init__(self, stats: dict[str, int], loop: asyncio.AbstractEventLoop, max_idle: int = MAX_IDLE, shared: Any = None) -> None:
         super().__init__()
@@ -282,11 +296,12 @@ class Pools(dict[tuple[str, int], EndpointPool]):
         self.max_idle = max_idle
         self.shared = shared
 
-    def __missing__(self, key: tuple[str, int]) -> EndpointPool:
-        pool = self[key] = EndpointPool(key[0], key[1], self.stats, self.loop, self.max_idle, self.shared)
+    def __missing__(self, key: tuple[Any, ...]) -> EndpointPool:
+        tls = key[2] if len(key) > 2 else None
+        pool = self[key] = EndpointPool(key[0], key[1], self.stats, self.loop, self.max_idle, self.shared, tls)
         return pool
 
-    def keep_only(self, keys: set[tuple[str, int]]) -> None:
+    def keep_only(self, keys: set[tuple[Any, ...]]) -> None:
         """Retire pools of endpoints no cluster uses any more."""
         for key in [k for k in self if k not in keys]:
             self.pop(key).close()
