@@ -6,6 +6,9 @@ A tiny HTTP/1.1 server on loopback, off the request path:
 - ``GET /status`` → JSON: the data plane's status and the caller's extras;
 - ``GET /config_dump`` → JSON of the applied resources, by type and name;
 - ``GET /stats`` → plain-text counters, one ``name value`` per line;
+- ``GET /identity`` → JSON: the workload identity's status (SPIFFE ID, serial,
+  validity, chain, renewals, last error; ``knotwork certs`` reads it), 404
+  ``{"identity": null}`` when the proxy has none;
 - ``POST /drain`` → starts draining (``ctx.drain_timeout``), answers 202.
 """
 
@@ -72,8 +75,10 @@ class _AdminProtocol(asyncio.Protocol):
 class AdminServer:
     """The admin endpoint of one proxy, on ``127.0.0.1:port`` (0 picks a free port)."""
 
-    def __init__(self, port: int, dataplane: Any, extra: Callable[[], dict[str, Any]] = dict, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, dataplane: Any, extra: Callable[[], dict[str, Any]] = dict, *, host: str = "127.0.0.1",
+                 identity: Any = None) -> None:
         self.host = host
+        self.identity = identity  # a WorkloadIdentity (GET /identity), or None
         self.port = port
         self.dataplane = dataplane
         self.extra = extra
@@ -127,4 +132,8 @@ class AdminServer:
             return _response(200, json.dumps(dump, indent=1, default=str).encode(), "application/json")
         if path == "/stats":
             return _response(200, dp.stats_text().encode())
-        return _response(404, b"admin endpoints: /ready /status /config_dump /stats /drain\n")
+        if path == "/identity":
+            if self.identity is None:
+                return _response(404, b'{"identity": null}\n', "application/json")
+            return _response(200, json.dumps(self.identity.status(), indent=1, default=str).encode(), "application/json")
+        return _response(404, b"admin endpoints: /ready /status /config_dump /stats /identity /drain\n")

@@ -5,17 +5,28 @@ is never torn down on a lost stream) and resubscribes with backoff, sending
 the versions it holds. A response whose resources do not validate is NACKed
 with the reason and changes nothing; one that is valid but still refers to
 resources of a type not yet received is accepted and applied once complete.
+
+With a workload identity the stream runs over mTLS: the client presents the
+SVID current at each (re)connect and verifies the control plane with the
+mesh's trust bundle (its certificate names 127.0.0.1). The control plane may
+refuse the stream (PERMISSION_DENIED: this SVID may not stream this node's
+config); the refusal is logged with its reason and retried with backoff, as
+the platform may not have told the control plane about this proxy yet.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import time
 from typing import Any
 
 import anyio
 import structlog
 from grpclib.client import Channel
-from grpclib.const import Cardinality
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
+from knotwork.identity import client_context
 from knotwork.proxyconfig import RESOURCE_TYPES, TYPE_ORDER, ConsistencyError, wire
 from knotwork.wire import JSONCodec
 
@@ -28,8 +39,11 @@ _CONN_ERRORS = (OSError, ConnectionError, anyio.EndOfStream, anyio.BrokenResourc
 class ControlClient:
     """One proxy's subscription to the control plane."""
 
-    def __init__(self, node_id: str, control_address: str, dataplane: Any) -> None:
+    def __init__(self, node_id: str, control_address: str, dataplane: Any, *, identity: Any = None) -> None:
         self.node_id = node_id
+        self.identity = identity  # a WorkloadIdentity: mTLS with its current SVID (None: plaintext)
+        self._tls: tuple[Any, ssl.SSLContext] | None = None  # (SVID, context made from it)
+        self.refusals = 0
         self.address = parse_address(control_address)
         self.dataplane = dataplane
         # accepted state: type -> name -> (version, resource)
@@ -45,14 +59,30 @@ class ControlClient:
 
     def status(self) -> dict:
         return {"control_connected": self.connected, "control_connects": self.connects, "nacks": self.nacks,
-                "type_versions": dict(self.type_versions), "last_error": self.last_error}
+                "type_versions": dict(self.type_versions), "last_error": self.last_error,
+                "control_mtls": self.identity is not None, "control_refusals": self.refusals}
 
     async def run(self) -> None:
         backoff = 0.1
         while True:
             started = time.monotonic()
+            cap = 2.0
             try:
-                await self._session()
+                await self._isolated()
+            except GRPCError as exc:
+                self.last_error = f"{exc.status.name}: {exc.message}"
+                if exc.status in (Status.PERMISSION_DENIED, Status.UNAUTHENTICATED):
+                    self.refusals += 1
+                    cap = 5.0
+                    log.warning("config stream refused by the control plane", status=exc.status.name,
+                                reason=exc.message, retry_in=backoff)
+                else:
+                    log.warning("config stream failed", status=exc.status.name, error=exc.message)
+            except ssl.SSLError as exc:
+                why = f"TLS with the control plane failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}"
+                if why != self.last_error:
+                    log.warning("config stream failed", error=why)
+                self.last_error = why
             except Exception as exc:  # noqa: BLE001 - any stream failure means reconnect
                 if not isinstance(exc, _CONN_ERRORS):
                     log.warning("config stream failed", error=repr(exc))
@@ -60,10 +90,35 @@ class ControlClient:
             if time.monotonic() - started > 5:
                 backoff = 0.1
             await anyio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, cap)
+
+    async def _isolated(self) -> None:
+        """One session in a task of its own: grpclib cancels the task waiting on a stream whose
+        connection is lost (or refused in the TLS handshake) and never takes that back, which
+        would confuse this task's cancel scopes (see ``knotwork.identity.call_isolated``)."""
+        task = asyncio.ensure_future(self._session())
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being cancelled (shutdown); `task` was cancelled with us
+            raise ConnectionError("config stream cancelled by its connection") from None
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        """The client context of the current SVID (made once per SVID), or None without an identity."""
+        if self.identity is None:
+            return None
+        svid = self.identity.svid
+        if svid is None:
+            raise ConnectionError("no SVID yet")
+        if self._tls is None or self._tls[0] is not svid:
+            self._tls = (svid, client_context(svid, alpn=("h2",), check_hostname=True,
+                                              min_version=ssl.TLSVersion.TLSv1_2))
+        return self._tls[1]
 
     async def _session(self) -> None:
-        channel = Channel(*self.address, codec=JSONCodec())
+        channel = Channel(*self.address, codec=JSONCodec(), ssl=self._ssl())
         try:
             async with channel.request(METHOD, Cardinality.STREAM_STREAM, dict, dict) as stream:
                 await stream.send_request()

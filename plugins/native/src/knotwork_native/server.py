@@ -6,6 +6,13 @@ per resource type the server sends a version and a nonce, and only the
 resources that changed (plus the names removed); the proxy ACKs or NACKs each
 response. Versions, diffs and subscriptions are the kernel's shared core
 (:class:`knotwork.distribution.AdsSession`); this module only transports.
+
+With a certificate authority the control plane passes ``options["ssl"]``
+(a server context requiring the proxy's SVID) and ``options["authorize"]``
+(``authorize(node_id, peer_spiffe_id) -> reason | None``): the stream is
+served over mTLS, and one whose first node id the peer's SVID may not
+stream ends with gRPC ``PERMISSION_DENIED`` and the reason — no node-id
+spoofing.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from grpclib.const import Cardinality
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 from knotwork.distribution import AdsSession, DiscoveryRequest, ResourceCache, SnapshotCache, StreamStatus
+from knotwork.identity import peer_spiffe_id
 from knotwork.proxyconfig import RESOURCE_TYPES, wire
 from knotwork.records import ComponentContext
 from knotwork.wire import JSONCodec, JsonService, serving
@@ -48,11 +57,15 @@ class NativeServer:
         self.listen = parse_address(str(ctx.options.get("listen", "127.0.0.1:0")))
         self.encoded = ResourceCache()
         self.address: tuple[str, int] | None = None
+        self.ssl = ctx.options.get("ssl")  # server SSLContext (client certificate required), or None: plaintext
+        self.authorize = ctx.options.get("authorize")  # (node_id, peer SPIFFE ID) -> why not, or None
+        self.refused = 0
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         server = Server([JsonService({METHOD: (self._stream, Cardinality.STREAM_STREAM)})], codec=JSONCodec())
-        async with serving(server, listen=self.listen) as self.address:
-            log.info("native distribution listening", address=f"{self.address[0]}:{self.address[1]}")
+        async with serving(server, listen=self.listen, ssl=self.ssl) as self.address:
+            log.info("native distribution listening", address=f"{self.address[0]}:{self.address[1]}",
+                     mtls=self.ssl is not None)
             task_status.started()
             await anyio.sleep_forever()
 
@@ -66,6 +79,13 @@ class NativeServer:
             log.warning("stream without a node id refused")
             return
         node = first["node"]["id"]
+        if self.authorize is not None:
+            peer = peer_spiffe_id(stream.peer.cert() if stream.peer is not None else None)
+            reason = self.authorize(node, peer)
+            if reason is not None:
+                self.refused += 1
+                log.warning("config stream refused", node=node, peer=peer, reason=reason)
+                raise GRPCError(Status.PERMISSION_DENIED, reason)
         status = self.cache.status.setdefault(node, StreamStatus())
         session = AdsSession(node, status)
         self.cache.connected[node] = self.cache.connected.get(node, 0) + 1
