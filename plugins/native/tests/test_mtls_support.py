@@ -47,7 +47,7 @@ class SmallCA:
                  *(x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses)]
         cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.cert.subject)
                 .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(seconds=1))
+                .not_valid_before(now.replace(microsecond=0))  # not backdated: renew_at stays ahead of now
                 .not_valid_after(now + datetime.timedelta(seconds=ttl or self.ttl))
                 .add_extension(x509.SubjectAlternativeName(names), critical=True)
                 .sign(self.key, hashes.SHA256()))

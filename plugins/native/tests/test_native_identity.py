@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 import attrs
 import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from knotwork.distribution import SnapshotCache
 from knotwork.model import MeshSettings
 from knotwork.proxyconfig import ProxySnapshot
@@ -104,4 +106,51 @@ async def test_without_a_certificate_service_everything_is_plaintext(tmp_path: P
         await wait_for(lambda: proxy.dataplane.ready, timeout=10, what="the config")
         status, body = await anyio.to_thread.run_sync(admin_get, proxy.admin.port, "/identity")
         assert status == 404 and body == {"identity": None}
+        tg.cancel_scope.cancel()
+
+
+class RecordingServer(NativeServer):
+    """The distribution server, noting the serial of every stream's client certificate; `hang_up()`
+    ends the streams open now with UNAVAILABLE, as a control plane going away does."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.serials: list[int] = []
+        self.scopes: list[anyio.CancelScope] = []
+
+    async def _stream(self, stream: Any) -> None:
+        self.serials.append(int(stream.peer.cert()["serialNumber"], 16))
+        with anyio.CancelScope() as scope:
+            self.scopes.append(scope)
+            await super()._stream(stream)
+        raise GRPCError(Status.UNAVAILABLE, "the control plane is going away")
+
+    def hang_up(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
+
+
+async def test_a_reconnecting_proxy_presents_its_current_svid(tmp_path: Path):
+    """2 s certificates renewed at half: when the stream ends, the proxy comes back with its newer SVID."""
+    root = make_ca(tmp_path / "root")
+    app = Upstream("app")
+    async with running(app), mesh_ca(root, tmp_path / "state", ttl=2) as ca, anyio.create_task_group() as tg:
+        cache = SnapshotCache()
+        cache.set("node-a", snapshot(app))
+        cache.notify()
+        options = {"listen": "127.0.0.1:0", "ssl": ca.server.server_tls(require_client=True), "authorize": authorize}
+        server = RecordingServer(ComponentContext(MeshSettings(), None, tmp_path, tmp_path, options=options), cache)
+        await tg.start(server.run)
+        proxy = NativeProxy(ca.proxy_context("node-a", A, "127.0.0.1:%d" % server.address[1]))
+        await tg.start(proxy.run)
+        await wait_for(lambda: proxy.dataplane.ready, timeout=10, what="the config")
+        before = server.serials[0]
+        with anyio.fail_after(10):
+            while proxy.identity.svid.serial == before:
+                await proxy.identity.wait_change()
+        server.hang_up()
+        await wait_for(lambda: len(server.serials) >= 2, timeout=10, what="the proxy to reconnect")
+        assert server.serials[-1] != before
+        await wait_for(lambda: proxy.client.connected, timeout=10, what="the stream to be back")
+        assert proxy.client.status()["control_connects"] >= 2 and proxy.dataplane.ready
         tg.cancel_scope.cancel()
