@@ -477,7 +477,8 @@ class WorkloadIdentity:
                 started = True
                 task_status.started()
             assert self.svid is not None
-            await anyio.sleep(max(0.0, self.svid.renew_at - time.time()))
+            lifetime = self.svid.not_after - self.svid.not_before  # a floor, so a CA's odd dates cannot make a tight loop
+            await anyio.sleep(max(self.svid.renew_at - time.time(), 0.05 * lifetime, 0.05))
 
     async def _request(self) -> None:
         from grpclib.client import Channel
