@@ -66,8 +66,12 @@ class UpstreamConnection(asyncio.Protocol):
     # ── asyncio.Protocol ─────────────────────────────────────────────────
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.pool.stats["upstream_cx_total"] += 1
-        self.pool.stats["upstream_cx_active"] += 1
+        stats = self.pool.stats
+        stats["upstream_cx_total"] += 1
+        stats["upstream_cx_active"] += 1
+        if self.pool.tls is not None:  # TLS connections on their own too: a rotation must not replace them
+            stats["upstream_cx_tls_total"] += 1
+            stats["upstream_cx_tls_active"] += 1
 
     def data_received(self, data: bytes) -> None:
         ex = self.ex
@@ -125,10 +129,15 @@ class UpstreamConnection(asyncio.Protocol):
             ex.up_done(self)
         return False
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _count_closed(self) -> None:
         if not self.closed:
             self.closed = True
             self.pool.stats["upstream_cx_active"] -= 1
+            if self.pool.tls is not None:
+                self.pool.stats["upstream_cx_tls_active"] -= 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._count_closed()
         self.pool.forget(self)
         ex = self.ex
         if ex is not None:
@@ -183,9 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
     # ── used by the pool and exchanges ───────────────────────────────────
     def close(self) -> None:
         """Close now (pending writes are flushed); never returns to the pool."""
-        if not self.closed:
-            self.closed = True
-            self.pool.stats["upstream_cx_active"] -= 1
+        self._count_closed()
         self.pool.forget(self)
         if self.transport is not None:
             self.transport.close()
