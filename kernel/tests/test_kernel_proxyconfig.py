@@ -26,6 +26,7 @@ from knotwork.proxyconfig import (
     Secret,
     SlotError,
     SnapshotBuilder,
+    UpstreamTls,
     VirtualHost,
     WeightedCluster,
     content_version,
@@ -51,7 +52,7 @@ def full_set() -> list:
     return [
         Secret("default", certificate_chain="CERT", private_key="KEY", trust_bundle="ROOT"),
         Cluster(CLUSTER, service="reviews.default.svc.cluster.local", port=9080, lb_settings={"choices": 2},
-                tls={"mode": "ISTIO_MUTUAL"}),
+                tls=UpstreamTls("ISTIO_MUTUAL", identities=("spiffe://cluster.local/ns/default/sa/reviews",))),
         EndpointSet(CLUSTER, (LbEndpoint("127.0.0.1", 41001, labels={"version": "v1"},
                                          identity="spiffe://cluster.local/ns/default/sa/reviews"),)),
         Listener("http_proxy", "127.0.0.1", 15001, "http_proxy", route_table="9080", authz=("tenant",)),

@@ -35,6 +35,35 @@ def test_round_robin_over_reviews_versions(bookinfo: RunningMesh) -> None:
     assert max(counts.values()) - min(counts.values()) <= 1, counts
 
 
+def test_bookinfo_keeps_working_under_mesh_wide_strict_mtls(bookinfo: RunningMesh, tmp_path) -> None:
+    """Every hop between sidecars is mTLS by default; a mesh-wide STRICT policy refuses plaintext and
+    Bookinfo does not notice."""
+    policy = tmp_path / "strict.yaml"
+    policy.write_text("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+                      "metadata: {name: default, namespace: knotwork-system}\nspec: {mtls: {mode: STRICT}}\n")
+    ratings = next(i for i in bookinfo.instances() if i["instance"] == "ratings-v1-1")["ports"]["inbound:9080"]
+
+    def plaintext_refused() -> bool:
+        try:
+            httpx.get(f"http://127.0.0.1:{ratings}/ratings/0", timeout=5)
+        except httpx.TransportError:
+            return True
+        return False
+
+    done = bookinfo.knotwork("apply", "-f", str(policy))
+    assert done.returncode == 0, done.stderr
+    try:
+        wait_for(plaintext_refused, 15, "plaintext to ratings' sidecar to be refused")
+        with httpx.Client(timeout=10) as client:
+            for _ in range(6):
+                page = client.get(f"{bookinfo.url}/productpage").text
+                assert "William Shakespeare" in page and SERVED_BY.search(page), page[:2000]
+                assert "currently unavailable" not in page
+    finally:
+        done = bookinfo.knotwork("delete", "-f", str(policy))
+        assert done.returncode == 0, done.stderr
+
+
 def test_unknown_path_is_a_flagged_404(bookinfo: RunningMesh) -> None:
     response = httpx.get(f"{bookinfo.url}/no-such-page", timeout=10)
     assert response.status_code == 404

@@ -190,6 +190,47 @@ spec:
         delete(secure, tmp_path)
 
 
+def test_a_client_sidecar_refuses_a_server_that_is_not_who_the_destination_may_be(
+        secure: RunningMesh, tmp_path: Path) -> None:
+    """`impostor.test` is a ServiceEntry whose endpoint is back's sidecar, which proves back's identity:
+    a client sidecar told to expect another identity refuses it before sending the request."""
+    port = inbound_port(secure, "back")
+
+    def entry(san: str) -> str:
+        return f"""\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: impostor, namespace: default}}
+spec:
+  hosts: [impostor.test]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+  subjectAltNames: ["{san}"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: impostor, namespace: default}}
+spec:
+  host: impostor.test
+  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}
+"""
+
+    relay = f"{secure.url}/relay?to=http://impostor.test:8080/"
+    apply(secure, tmp_path, entry(f"{TD}/ns/default/sa/payments"))
+    try:
+        refused = wait_for(lambda: (r := httpx.get(relay, timeout=10)).status_code == 503 and r, 15,
+                           "front's sidecar to refuse a server proving the wrong identity")
+        assert "instance" not in refused.text  # the request never reached back's app
+        apply(secure, tmp_path, entry(BACK))
+        accepted = wait_for(lambda: (r := httpx.get(relay, timeout=10)).status_code == 200 and r, 15,
+                            "front's sidecar to accept back once back's identity is the expected one")
+        assert f"URI={FRONT}" in accepted.json()["xfcc"]
+    finally:
+        delete(secure, tmp_path)
+
+
 def _csr_call(address: str, bundle: str, request: dict, svid: Svid | None = None) -> dict:
     async def go() -> dict:
         host, _, port = address.rpartition(":")

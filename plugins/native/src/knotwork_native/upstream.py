@@ -69,8 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
         stats = self.pool.stats
         stats["upstream_cx_total"] += 1
         stats["upstream_cx_active"] += 1
-        if self.pool.tls is not None:  # TLS connections on their own too: a rotation must not replace them
-            stats["upstream_cx_tls_total"] += 1
+        if self.pool.tls is not None:  # open TLS connections on their own (made: upstream_cx_tls_total, per handshake)
             stats["upstream_cx_tls_active"] += 1
 
     def data_received(self, data: bytes) -> None:

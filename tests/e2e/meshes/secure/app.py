@@ -1,8 +1,8 @@
 """A workload for the security scenarios.
 
-`GET /health`: 200. `GET /relay`: calls `RELAY_TO` through the sidecar
-(`HTTP_PROXY`, one kept-alive connection per server thread) and answers
-with that response's status and body. Anything else: a JSON body with
+`GET /health`: 200. `GET /relay`: calls `RELAY_TO` (or the `to` query
+parameter) through the sidecar (`HTTP_PROXY`, one kept-alive connection per
+server thread) and answers with that response's status and body. Anything else: a JSON body with
 `INSTANCE` and the `x-forwarded-client-cert` header this request carried.
 """
 
@@ -14,22 +14,22 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 INSTANCE = os.environ.get("INSTANCE", "app")
 RELAY_TO = os.environ.get("RELAY_TO", "")
 _local = threading.local()
 
 
-def relay() -> tuple[int, bytes]:
+def relay(url: str) -> tuple[int, bytes]:
     proxy = urlsplit(os.environ["HTTP_PROXY"])
-    target = urlsplit(RELAY_TO)
+    target = urlsplit(url)
     for attempt in range(2):  # a kept-alive connection the sidecar closed meanwhile: once more on a new one
         conn = getattr(_local, "conn", None)
         if conn is None:
             conn = _local.conn = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=10)
         try:
-            conn.request("GET", RELAY_TO, headers={"host": target.netloc})
+            conn.request("GET", url, headers={"host": target.netloc})
             response = conn.getresponse()
             return response.status, response.read()
         except (http.client.HTTPException, OSError):
@@ -49,12 +49,13 @@ class Handler(BaseHTTPRequestHandler):
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path, to = url.path, parse_qs(url.query).get("to", [RELAY_TO])[0]
         if path == "/health":
             status, body = 200, b"ok"
-        elif path == "/relay" and RELAY_TO:
+        elif path == "/relay" and to:
             try:
-                status, body = relay()
+                status, body = relay(to)
             except (http.client.HTTPException, OSError) as exc:
                 status, body = 599, f"relay failed: {exc!r}".encode()
         else:
