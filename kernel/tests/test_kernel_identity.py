@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 import ssl
 from pathlib import Path
 
 import anyio
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -28,40 +27,12 @@ from knotwork.identity import (
 )
 from knotwork.model import Identity, MeshSettings
 from knotwork.records import AttestationClaim
-from knotwork.testing import make_ca, make_svid
+from knotwork.testing import RootAuthority, make_ca, make_svid
 from knotwork.wire import JSONCodec
 
 TD = "cluster.local"
 ALICE = f"spiffe://{TD}/ns/default/sa/alice"
 BOB = f"spiffe://{TD}/ns/default/sa/bob"
-
-
-class SmallCA:
-    """A CertificateAuthority over a test root, with a short default lifetime."""
-
-    rotate_at = 0.5
-
-    def __init__(self, root: Path, ttl: float = 3600) -> None:
-        self.cert = x509.load_pem_x509_certificate(root.read_bytes())
-        self.key = serialization.load_pem_private_key(root.with_suffix(".key").read_bytes(), None)
-        self.ttl = ttl
-
-    def sign(self, csr, spiffe_id, *, ttl=None, dns_names=(), ip_addresses=()):
-        import ipaddress
-
-        now = datetime.datetime.now(datetime.UTC)
-        names = [x509.UniformResourceIdentifier(spiffe_id), *(x509.DNSName(n) for n in dns_names),
-                 *(x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses)]
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.cert.subject)
-                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(seconds=1))
-                .not_valid_after(now + datetime.timedelta(seconds=ttl or self.ttl))
-                .add_extension(x509.SubjectAlternativeName(names), critical=True)
-                .sign(self.key, hashes.SHA256()))
-        return [cert.public_bytes(serialization.Encoding.PEM).decode()]
-
-    def trust_bundle(self):
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 class Tokens:
@@ -89,7 +60,7 @@ def root(tmp_path: Path) -> Path:
     return make_ca(tmp_path / "root")
 
 
-async def _serve(ca: SmallCA, tokens: Tokens, tmp: Path, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+async def _serve(ca: RootAuthority, tokens: Tokens, tmp: Path, task_status=anyio.TASK_STATUS_IGNORED) -> None:
     server = CertificateServer(ca, tokens, MeshSettings(), tmp, "127.0.0.1:0")
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)
@@ -109,7 +80,7 @@ async def _call(address: str, bundle: str, request: dict, svid: Svid | None = No
 
 @pytest.mark.anyio
 async def test_first_certificate_then_renewals_over_mtls(root: Path, tmp_path: Path) -> None:
-    ca, tokens = SmallCA(root, ttl=2), Tokens(t1=("node-a", ALICE))
+    ca, tokens = RootAuthority(root, ttl=2), Tokens(t1=("node-a", ALICE))
     async with anyio.create_task_group() as tg:
         address, service = await tg.start(_serve, ca, tokens, tmp_path)
         wi = WorkloadIdentity(ca_address=address, spiffe_id=ALICE, node_id="node-a",
@@ -130,7 +101,7 @@ async def test_first_certificate_then_renewals_over_mtls(root: Path, tmp_path: P
 
 @pytest.mark.anyio
 async def test_refusals_are_clear_and_the_service_keeps_serving(root: Path, tmp_path: Path) -> None:
-    ca, tokens = SmallCA(root), Tokens(t1=("node-a", ALICE), t2=("node-b", BOB))
+    ca, tokens = RootAuthority(root), Tokens(t1=("node-a", ALICE), t2=("node-b", BOB))
     async with anyio.create_task_group() as tg:
         address, service = await tg.start(_serve, ca, tokens, tmp_path)
         bundle = ca.trust_bundle()
@@ -175,7 +146,7 @@ async def test_refusals_are_clear_and_the_service_keeps_serving(root: Path, tmp_
 
 @pytest.mark.anyio
 async def test_a_foreign_or_self_signed_client_certificate_is_refused_in_the_handshake(root: Path, tmp_path: Path) -> None:
-    ca, tokens = SmallCA(root), Tokens()
+    ca, tokens = RootAuthority(root), Tokens()
     async with anyio.create_task_group() as tg:
         address, _ = await tg.start(_serve, ca, tokens, tmp_path)
         for svid in (make_svid(None, ALICE), make_svid(make_ca(tmp_path / "other"), ALICE)):

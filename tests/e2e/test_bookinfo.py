@@ -96,6 +96,10 @@ async def _constant_load(url: str, rate: float, seconds: float, results: list) -
         await asyncio.gather(*tasks)
 
 
+#: 3 s of steady load, the kills, then load on while `up` restarts both (about a second each)
+LOAD_SECONDS = 9
+
+
 def test_control_plane_and_instance_die_under_load(bookinfo: RunningMesh) -> None:
     before = _cluster_counts(bookinfo)
     state = bookinfo.state()
@@ -104,7 +108,7 @@ def test_control_plane_and_instance_die_under_load(bookinfo: RunningMesh) -> Non
     results: list = []
 
     async def scenario() -> None:
-        load = asyncio.create_task(_constant_load(f"{bookinfo.url}/productpage", 200, 14, results))
+        load = asyncio.create_task(_constant_load(f"{bookinfo.url}/productpage", 200, LOAD_SECONDS, results))
         await asyncio.sleep(3)  # steady load first: this is the scenario's timeline, not a race guard
         os.kill(old_control, signal.SIGKILL)
         os.kill(victim["pid"], signal.SIGKILL)
@@ -119,7 +123,7 @@ def test_control_plane_and_instance_die_under_load(bookinfo: RunningMesh) -> Non
 
     failures = [r for r in results if r[0] != 200]
     unexplained = [r for r in failures if not r[1]]
-    assert len(results) == 200 * 14
+    assert len(results) == 200 * LOAD_SECONDS
     assert not unexplained, unexplained[:5]
     assert len(failures) <= len(results) * 0.01, failures[:5]
 

@@ -32,7 +32,7 @@ from .proxyconfig import ProxySnapshot
 from .records import CompileInput
 
 __all__ = [
-    "FakeConnection", "FakeRequest", "FakeResponse", "HookCall", "HookRecorder", "compile_node", "make_connection",
+    "FakeConnection", "FakeRequest", "FakeResponse", "HookCall", "HookRecorder", "RootAuthority", "compile_node", "make_connection",
     "make_ca", "make_certificate", "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "make_svid", "mesh_from_yaml",
     "settings_from_yaml",
 ]
@@ -362,3 +362,39 @@ def make_svid(ca: Path | None, spiffe_id: str, *, valid: tuple[float, float] = (
     pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     bundle = ca_cert.public_bytes(serialization.Encoding.PEM).decode() if ca_cert is not None else pem
     return Svid.build([pem], key, bundle)
+
+
+class RootAuthority:
+    """A :class:`~knotwork.identity.CertificateAuthority` over a :func:`make_ca` root, for testing an engine
+    or a platform without a CA plugin: SVIDs of `ttl` seconds from now (not backdated, so a short lifetime
+    still renews ahead of time), renewed at `rotate_at` of their lifetime."""
+
+    def __init__(self, root: Path, ttl: float = 3600, rotate_at: float = 0.5) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        self.cert = x509.load_pem_x509_certificate(root.read_bytes())
+        self.key = serialization.load_pem_private_key(root.with_suffix(".key").read_bytes(), None)
+        self.ttl, self.rotate_at = ttl, rotate_at
+
+    def sign(self, csr: Any, spiffe_id: str, *, ttl: float | None = None, dns_names: Iterable[str] = (),
+             ip_addresses: Iterable[str] = ()) -> list[str]:
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        names = [x509.UniformResourceIdentifier(spiffe_id), *(x509.DNSName(n) for n in dns_names),
+                 *(x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses)]
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.cert.subject)
+                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + datetime.timedelta(seconds=ttl or self.ttl))
+                .add_extension(x509.SubjectAlternativeName(names), critical=True)
+                .sign(self.key, hashes.SHA256()))
+        return [cert.public_bytes(serialization.Encoding.PEM).decode()]
+
+    def trust_bundle(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()

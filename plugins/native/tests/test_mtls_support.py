@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,11 +13,11 @@ from typing import Any
 import anyio
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from knotwork.identity import BUNDLE_FILE, CertificateServer, WorkloadIdentity, client_context, server_context, spiffe_ids
 from knotwork.model import Identity, MeshSettings
 from knotwork.proxyconfig import MESH_ALPN_HTTP, MESH_ALPN_SERVER
 from knotwork.records import AttestationClaim, ProxyContext, Strategy
+from knotwork.testing import RootAuthority
 
 from test_dataplane_support import Upstream, default_handler, make_ctx
 from knotwork_native.dataplane import DataPlane
@@ -29,32 +27,6 @@ TD = "cluster.local"
 
 def sa(name: str, trust_domain: str = TD) -> str:
     return f"spiffe://{trust_domain}/ns/default/sa/{name}"
-
-
-class SmallCA:
-    """A CertificateAuthority over a test root (from ``make_ca``): short lifetimes, renewal at half."""
-
-    rotate_at = 0.5
-
-    def __init__(self, root: Path, ttl: float = 3600) -> None:
-        self.cert = x509.load_pem_x509_certificate(root.read_bytes())
-        self.key = serialization.load_pem_private_key(root.with_suffix(".key").read_bytes(), None)
-        self.ttl = ttl
-
-    def sign(self, csr: Any, spiffe_id: str, *, ttl: float | None = None, dns_names: Any = (), ip_addresses: Any = ()) -> list[str]:
-        now = datetime.datetime.now(datetime.UTC)
-        names = [x509.UniformResourceIdentifier(spiffe_id), *(x509.DNSName(n) for n in dns_names),
-                 *(x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses)]
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.cert.subject)
-                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now.replace(microsecond=0))  # not backdated: renew_at stays ahead of now
-                .not_valid_after(now + datetime.timedelta(seconds=ttl or self.ttl))
-                .add_extension(x509.SubjectAlternativeName(names), critical=True)
-                .sign(self.key, hashes.SHA256()))
-        return [cert.public_bytes(serialization.Encoding.PEM).decode()]
-
-    def trust_bundle(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @attrs.define
@@ -94,7 +66,7 @@ class MeshCA:
 async def mesh_ca(root: Path, state_dir: Path, ttl: float = 3600) -> AsyncIterator[MeshCA]:
     """A certificate service signing with `root` on a loopback port, for the block."""
     holder: list[MeshCA] = []
-    server = CertificateServer(SmallCA(root, ttl), lambda claim: holder[0].attest(claim), MeshSettings(), state_dir,
+    server = CertificateServer(RootAuthority(root, ttl), lambda claim: holder[0].attest(claim), MeshSettings(), state_dir,
                                "127.0.0.1:0")
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)
