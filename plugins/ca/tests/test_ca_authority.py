@@ -304,4 +304,4 @@ def test_a_bad_cacerts_folder_is_a_clear_error_naming_the_file(tmp_path: Path, d
         build(context(tmp_path, cacerts=Path("cacerts")))
     (line,) = info.value.problems
     where = folder / file if file else folder
-    assert line.startswith(f"plugin/ca: {where}: ") and words in line, line
+    assert line.startswith(f"{tmp_path / 'knotwork.yaml'}: ca.cacerts: {where}: ") and words in line, line

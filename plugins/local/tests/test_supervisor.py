@@ -241,3 +241,21 @@ async def test_with_a_ca_every_proxy_spawn_gets_a_fresh_credential_in_its_enviro
         tg.cancel_scope.cancel()
     doc = read_state(state_dir)
     assert doc["gateway"]["credential_sha256"] is None and doc["instances"][0]["sidecar"]["credential_sha256"] is None
+
+
+@pytest.mark.anyio
+async def test_a_control_plane_that_refuses_the_mesh_stops_up_with_its_reason(tmp_path):
+    """Exit status 2 before ever being ready is a user mistake (a CA folder that is not one): `up` stops and
+    keeps the reason for the user, instead of restarting the control plane forever."""
+    refuse = tmp_path / "refuse.py"
+    refuse.write_text("import sys\nprint('knotwork.yaml: ca.cacerts: certs/: expected a cacerts folder', file=sys.stderr)\n"
+                      "sys.exit(2)\n")
+    up = Supervisor(
+        mesh_path=tmp_path / "knotwork.yaml", settings=SETTINGS, mesh=MESH, plan=plan_ports(SETTINGS), engine="native",
+        launch=Launch(control=(sys.executable, str(refuse)), proxy=(sys.executable, str(FAKES / "fake_proxy.py"))),
+        out=lambda line: None,
+    )
+    with anyio.fail_after(20):
+        await up.run()
+    assert up.fatal == ["knotwork.yaml: ca.cacerts: certs/: expected a cacerts folder"]
+    assert up.control.restarts == 0 and up.finished

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
+from knotwork.config import MeshError
 from knotwork.records import ComponentContext
 
 from .material import CLOCK_SKEW, SigningMaterial, load_cacerts, own_root, pem, signature_hash
@@ -39,7 +40,11 @@ def build(ctx: ComponentContext) -> CertificateAuthority:
     ``<state dir>/ca`` (made on first start). Problems raise :class:`~knotwork.config.MeshError`."""
     settings = ctx.settings if isinstance(ctx.settings, CASettings) else CASettings()
     if settings.cacerts is not None:
-        material = load_cacerts((ctx.mesh_dir / settings.cacerts).absolute())
+        try:
+            material = load_cacerts((ctx.mesh_dir / settings.cacerts).absolute())
+        except MeshError as exc:  # name the mesh file's field that pointed there
+            raise MeshError([f"{ctx.mesh_dir / 'knotwork.yaml'}: ca.cacerts: {line.removeprefix('plugin/ca: ')}"
+                             for line in exc.problems]) from None
     else:
         material = own_root(ctx.state_dir / "ca", ctx.mesh.trust_domain, settings.root_cert_ttl)
     ca = CertificateAuthority(material, settings)

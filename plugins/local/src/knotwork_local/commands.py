@@ -87,6 +87,10 @@ def run_up(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"knotwork up: {exc}", file=sys.stderr)
         return 1
+    if supervisor.fatal:
+        for line in supervisor.fatal:
+            print(line, file=sys.stderr)
+        return 2
     return 0
 
 

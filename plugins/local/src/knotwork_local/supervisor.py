@@ -39,6 +39,19 @@ from .settings import LocalSettings
 
 __all__ = ["Supervisor"]
 
+#: The exit status of a knotwork command that refused what the user gave it.
+USER_ERROR = 2
+
+
+def _tail(path: Path, size: int = 16384) -> list[str]:
+    """The last lines of a log file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode(errors="replace").splitlines()[-20:]
+    except OSError:
+        return []
+
 log = structlog.get_logger("knotwork.local", plugin="local")
 
 STOP_BUDGET = 4.2  # seconds for the whole ordered stop, kills included (`up` exits after 5 whatever happens)
@@ -79,6 +92,8 @@ class Supervisor:
         self._ready: dict[str, anyio.Event] = {}
         self._procs: dict[str, Any] = {}
         self._shut = False
+        #: The control plane's error lines when it refused the mesh at start (exit status 2): `up` prints them.
+        self.fatal: list[str] = []
 
     # -- state ---------------------------------------------------------------
     def document(self) -> dict[str, Any]:
@@ -214,10 +229,18 @@ class Supervisor:
                     tg.start_soon(watch, proc)
                     returncode = await proc.wait()
                     tg.cancel_scope.cancel()
+            was_ready = status.ready
             status.pid, status.running, status.ready, status.last_exit = None, False, False, returncode
             status.credential_sha256 = None  # that spawn's credential dies with it
             if self.stopping:
                 self.changed()
+                return
+            if key == "control" and returncode == USER_ERROR and not was_ready and status.restarts == 0:
+                # the control plane refused the mesh (a CA folder that is not one, ...): say why and stop,
+                # rather than restart it forever behind a log file
+                self.fatal = [line for line in _tail(log_path) if line and not line.startswith(("{", "---"))]
+                log.error("the control plane refused this mesh; stopping", log=str(log_path))
+                self.stop()
                 return
             status.restarts += 1
             delay = backoff.next_delay(time.monotonic() - began)
