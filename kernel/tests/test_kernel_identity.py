@@ -10,49 +10,23 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from knotwork.identity import (
     BUNDLE_FILE,
-    SIGN_METHOD,
     CertificateServer,
     Svid,
     WorkloadIdentity,
-    call_isolated,
-    client_context,
     make_csr,
     make_key,
 )
-from knotwork.model import Identity, MeshSettings
-from knotwork.records import AttestationClaim
-from knotwork.testing import RootAuthority, make_ca, make_svid
-from knotwork.wire import JSONCodec
+from knotwork.model import MeshSettings
+from knotwork.testing import OneTimeCredentials, RootAuthority, make_ca, make_svid, sign_request
 
 TD = "cluster.local"
 ALICE = f"spiffe://{TD}/ns/default/sa/alice"
 BOB = f"spiffe://{TD}/ns/default/sa/bob"
-
-
-class Tokens:
-    """One-time credentials: token -> (node, identity)."""
-
-    def __init__(self, **issued: tuple[str, str]) -> None:
-        self.issued, self.used = issued, set()
-
-    def __call__(self, claim: AttestationClaim) -> Identity | None:
-        if claim.platform != "test":
-            return None
-        if claim.credential in self.used:
-            raise ValueError("bootstrap credential already used")
-        if claim.credential not in self.issued:
-            raise ValueError("unknown bootstrap credential")
-        node, identity = self.issued[claim.credential]
-        if node != claim.node_id:
-            raise ValueError(f"issued for node {node}")
-        self.used.add(claim.credential)
-        return Identity.parse(identity)
 
 
 @pytest.fixture
@@ -60,7 +34,7 @@ def root(tmp_path: Path) -> Path:
     return make_ca(tmp_path / "root")
 
 
-async def _serve(ca: RootAuthority, tokens: Tokens, tmp: Path, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+async def _serve(ca: RootAuthority, tokens: OneTimeCredentials, tmp: Path, task_status=anyio.TASK_STATUS_IGNORED) -> None:
     server = CertificateServer(ca, tokens, MeshSettings(), tmp, "127.0.0.1:0")
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)
@@ -68,19 +42,9 @@ async def _serve(ca: RootAuthority, tokens: Tokens, tmp: Path, task_status=anyio
         task_status.started(("127.0.0.1:%d" % server.address[1], server.service))
 
 
-async def _call(address: str, bundle: str, request: dict, svid: Svid | None = None) -> dict:
-    host, _, port = address.rpartition(":")
-    ctx = client_context(svid, bundle, alpn=("h2",), check_hostname=True, min_version=ssl.TLSVersion.TLSv1_2)
-    channel = Channel(host, int(port), ssl=ctx, codec=JSONCodec())
-    try:
-        return await call_isolated(channel, SIGN_METHOD, request)
-    finally:
-        channel.close()
-
-
 @pytest.mark.anyio
 async def test_first_certificate_then_renewals_over_mtls(root: Path, tmp_path: Path) -> None:
-    ca, tokens = RootAuthority(root, ttl=2), Tokens(t1=("node-a", ALICE))
+    ca, tokens = RootAuthority(root, ttl=2), OneTimeCredentials(t1=("node-a", ALICE))
     async with anyio.create_task_group() as tg:
         address, service = await tg.start(_serve, ca, tokens, tmp_path)
         wi = WorkloadIdentity(ca_address=address, spiffe_id=ALICE, node_id="node-a",
@@ -101,21 +65,21 @@ async def test_first_certificate_then_renewals_over_mtls(root: Path, tmp_path: P
 
 @pytest.mark.anyio
 async def test_refusals_are_clear_and_the_service_keeps_serving(root: Path, tmp_path: Path) -> None:
-    ca, tokens = RootAuthority(root), Tokens(t1=("node-a", ALICE), t2=("node-b", BOB))
+    ca, tokens = RootAuthority(root), OneTimeCredentials(t1=("node-a", ALICE), t2=("node-b", BOB))
     async with anyio.create_task_group() as tg:
         address, service = await tg.start(_serve, ca, tokens, tmp_path)
         bundle = ca.trust_bundle()
 
         async def refused(request: dict, svid: Svid | None = None) -> GRPCError:
             with pytest.raises(GRPCError) as info:
-                await _call(address, bundle, request, svid)
+                await sign_request(address, bundle, request, svid)
             return info.value
 
         key = make_key()
         # a credential proving bob, a CSR asking for alice
         err = await refused({"csr": make_csr(key, ALICE), "node": "node-b", "platform": "test", "credential": "t2"})
         assert err.status is Status.PERMISSION_DENIED and "proves" in err.message and BOB in err.message
-        ok = await _call(address, bundle, {"csr": make_csr(key, ALICE), "node": "node-a", "platform": "test",
+        ok = await sign_request(address, bundle, {"csr": make_csr(key, ALICE), "node": "node-a", "platform": "test",
                                            "credential": "t1"})
         assert ok["certificate_chain"] and ok["trust_bundle"] == bundle
         err = await refused({"csr": make_csr(key, ALICE), "node": "node-a", "platform": "test", "credential": "t1"})
@@ -137,7 +101,7 @@ async def test_refusals_are_clear_and_the_service_keeps_serving(root: Path, tmp_
         assert err.status is Status.INVALID_ARGUMENT
         # renewal over mTLS: allowed for the peer's own identity only
         alice = make_svid(root, ALICE)
-        assert (await _call(address, bundle, {"csr": make_csr(key, ALICE)}, alice))["certificate_chain"]
+        assert (await sign_request(address, bundle, {"csr": make_csr(key, ALICE)}, alice))["certificate_chain"]
         err = await refused({"csr": make_csr(key, BOB)}, alice)
         assert err.status is Status.PERMISSION_DENIED and "authenticated as" in err.message
         assert service.refused >= 8 and service.signed == 2
@@ -146,12 +110,12 @@ async def test_refusals_are_clear_and_the_service_keeps_serving(root: Path, tmp_
 
 @pytest.mark.anyio
 async def test_a_foreign_or_self_signed_client_certificate_is_refused_in_the_handshake(root: Path, tmp_path: Path) -> None:
-    ca, tokens = RootAuthority(root), Tokens()
+    ca, tokens = RootAuthority(root), OneTimeCredentials()
     async with anyio.create_task_group() as tg:
         address, _ = await tg.start(_serve, ca, tokens, tmp_path)
         for svid in (make_svid(None, ALICE), make_svid(make_ca(tmp_path / "other"), ALICE)):
             with pytest.raises((ssl.SSLError, ConnectionError, StreamTerminatedError)):
-                await _call(address, ca.trust_bundle(), {"csr": make_csr(make_key(), ALICE)}, svid)
+                await sign_request(address, ca.trust_bundle(), {"csr": make_csr(make_key(), ALICE)}, svid)
         tg.cancel_scope.cancel()
 
 

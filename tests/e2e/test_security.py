@@ -23,13 +23,11 @@ import anyio
 import httpx
 import pytest
 from cryptography import x509
-from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from knotwork.identity import SIGN_METHOD, Svid, call_isolated, client_context, make_csr, make_key
-from knotwork.testing import make_ca, make_svid
-from knotwork.wire import JSONCodec
+from knotwork.identity import Svid, client_context, make_csr, make_key
+from knotwork.testing import make_ca, make_svid, sign_request
 
 from .harness import REPO, RunningMesh, running_mesh, wait_for
 
@@ -232,17 +230,7 @@ spec:
 
 
 def _csr_call(address: str, bundle: str, request: dict, svid: Svid | None = None) -> dict:
-    async def go() -> dict:
-        host, _, port = address.rpartition(":")
-        ctx = client_context(svid, bundle, alpn=("h2",), check_hostname=True, min_version=ssl.TLSVersion.TLSv1_2)
-        channel = Channel(host, int(port), ssl=ctx, codec=JSONCodec())
-        try:
-            with anyio.fail_after(10):
-                return await call_isolated(channel, SIGN_METHOD, request)
-        finally:
-            channel.close()
-
-    return anyio.run(go)
+    return anyio.run(sign_request, address, bundle, request, svid)
 
 
 def test_the_certificate_service_refuses_bad_requests_and_keeps_serving(secure: RunningMesh, mesh_root: Path) -> None:

@@ -32,8 +32,8 @@ from .proxyconfig import ProxySnapshot
 from .records import CompileInput
 
 __all__ = [
-    "FakeConnection", "FakeRequest", "FakeResponse", "HookCall", "HookRecorder", "RootAuthority", "compile_node", "make_connection",
-    "make_ca", "make_certificate", "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "make_svid", "mesh_from_yaml",
+    "FakeConnection", "FakeRequest", "FakeResponse", "HookCall", "HookRecorder", "OneTimeCredentials", "RootAuthority", "compile_node", "make_connection",
+    "make_ca", "make_certificate", "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "make_svid", "mesh_from_yaml", "sign_request",
     "settings_from_yaml",
 ]
 
@@ -398,3 +398,49 @@ class RootAuthority:
         from cryptography.hazmat.primitives import serialization
 
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+class OneTimeCredentials:
+    """The attestation hook of a test platform (``platform == "test"``): one-time credentials, each issued
+    for a node and a SPIFFE ID: ``OneTimeCredentials(t1=("node-a", "spiffe://..."))``. A reused, unknown or
+    misdirected credential raises ValueError, as a real platform's hook does."""
+
+    def __init__(self, **issued: tuple[str, str]) -> None:
+        self.issued, self.used = issued, set()
+
+    def __call__(self, claim: Any) -> Any:
+        from .model import Identity
+
+        if claim.platform != "test":
+            return None
+        if claim.credential in self.used:
+            raise ValueError("bootstrap credential already used")
+        if claim.credential not in self.issued:
+            raise ValueError("unknown bootstrap credential")
+        node, identity = self.issued[claim.credential]
+        if node != claim.node_id:
+            raise ValueError(f"issued for node {node}, not {claim.node_id}")
+        self.used.add(claim.credential)
+        return Identity.parse(identity)
+
+
+async def sign_request(address: str, bundle: str, request: dict, svid: Any = None) -> dict:
+    """One ``/knotwork.v1.Certificates/Sign`` call to the certificate service at ``HOST:PORT``, verified
+    with `bundle`, presenting `svid` if given; a refusal raises grpclib's GRPCError (a WorkloadIdentity
+    would retry it forever)."""
+    import ssl
+
+    import anyio
+    from grpclib.client import Channel
+
+    from .identity import SIGN_METHOD, call_isolated, client_context
+    from .wire import JSONCodec
+
+    host, _, port = address.rpartition(":")
+    ctx = client_context(svid, bundle, alpn=("h2",), check_hostname=True, min_version=ssl.TLSVersion.TLSv1_2)
+    channel = Channel(host, int(port), ssl=ctx, codec=JSONCodec())
+    try:
+        with anyio.fail_after(10):
+            return await call_isolated(channel, SIGN_METHOD, request)
+    finally:
+        channel.close()

@@ -18,7 +18,6 @@ from knotwork_ca.settings import CASettings
 TD = "cluster.local"
 ALICE = f"spiffe://{TD}/ns/default/sa/alice"
 BOB = f"spiffe://{TD}/ns/default/sa/bob"
-CONTROL = f"spiffe://{TD}/ns/knotwork-system/sa/knotwork-control"
 
 
 def context(tmp_path: Path, settings: CASettings | None = None, **fields: Any) -> ComponentContext:

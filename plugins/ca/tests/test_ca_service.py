@@ -16,48 +16,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.verification import PolicyBuilder, Store
-from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.server import Server
 
-from ca_helpers import ALICE, BOB, CONTROL, TD, context, intermediate_cacerts
-from knotwork.identity import (
-    SIGN_METHOD,
-    CertificateService,
-    Svid,
-    WorkloadIdentity,
-    call_isolated,
-    client_context,
-    make_csr,
-    make_key,
-    server_context,
-)
-from knotwork.model import Identity
-from knotwork.records import AttestationClaim
-from knotwork.testing import make_ca, make_svid
-from knotwork.wire import JSONCodec, JsonService, serving
+from ca_helpers import ALICE, BOB, TD, context, intermediate_cacerts
+from knotwork.identity import BUNDLE_FILE, CertificateServer, Svid, WorkloadIdentity, make_csr, make_key
+from knotwork.model import MeshSettings
+from knotwork.testing import OneTimeCredentials, make_ca, make_svid, sign_request
 from knotwork_ca.authority import CertificateAuthority, build
-
-
-class Tokens:
-    """The attestation hook of a test platform: one-time credentials, token -> (node, identity)."""
-
-    def __init__(self, **issued: tuple[str, str]) -> None:
-        self.issued, self.used = issued, set()
-
-    def __call__(self, claim: AttestationClaim) -> Identity | None:
-        if claim.platform != "test":
-            return None
-        if claim.credential in self.used:
-            raise ValueError("bootstrap credential already used")
-        if claim.credential not in self.issued:
-            raise ValueError("unknown bootstrap credential")
-        node, identity = self.issued[claim.credential]
-        if node != claim.node_id:
-            raise ValueError(f"issued for node {node}, not {claim.node_id}")
-        self.used.add(claim.credential)
-        return Identity.parse(identity)
 
 
 def authority(tmp_path: Path, **settings) -> tuple[CertificateAuthority, x509.Certificate]:
@@ -65,30 +31,13 @@ def authority(tmp_path: Path, **settings) -> tuple[CertificateAuthority, x509.Ce
     return build(context(tmp_path, cacerts=Path("cacerts"), **settings)), root
 
 
-async def serve(ca: CertificateAuthority, tokens: Tokens, tmp: Path, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+async def serve(ca: CertificateAuthority, tokens: OneTimeCredentials, tmp: Path, *,
+                task_status=anyio.TASK_STATUS_IGNORED) -> None:
     """The certificate service as the control plane runs it; started with (address, service)."""
-    service = CertificateService(ca, tokens, TD)
-    key = make_key()
-    csr = x509.load_pem_x509_csr(make_csr(key, CONTROL).encode())
-    own = Svid.build(ca.sign(csr, CONTROL, ttl=3600, ip_addresses=("127.0.0.1",)), key, ca.trust_bundle(), ca.rotate_at)
-    (tmp / "bundle.pem").write_text(ca.trust_bundle())
-    ctx = server_context(own, alpn=("h2",), require_client=False, min_version=ssl.TLSVersion.TLSv1_2)
-    async with serving(Server([JsonService(service.handlers())], codec=JSONCodec()), listen=("127.0.0.1", 0),
-                       ssl=ctx) as bound:
-        task_status.started((f"127.0.0.1:{bound[1]}", service))
-        await anyio.sleep_forever()
-
-
-async def call(address: str, bundle: str, request: dict, svid: Svid | None = None) -> dict:
-    """One Sign call straight on a grpclib channel (WorkloadIdentity would retry a refusal forever)."""
-    host, _, port = address.rpartition(":")
-    ctx = client_context(svid, bundle, alpn=("h2",), check_hostname=True, min_version=ssl.TLSVersion.TLSv1_2)
-    channel = Channel(host, int(port), ssl=ctx, codec=JSONCodec())
-    try:
-        with anyio.fail_after(10):
-            return await call_isolated(channel, SIGN_METHOD, request)
-    finally:
-        channel.close()
+    server = CertificateServer(ca, tokens, MeshSettings(trust_domain=TD), tmp, "127.0.0.1:0")
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.run)
+        task_status.started((f"127.0.0.1:{server.address[1]}", server.service))
 
 
 def weak_csr() -> str:
@@ -105,11 +54,11 @@ def chain_of(reply: dict) -> list[x509.Certificate]:
 @pytest.mark.anyio
 async def test_first_certificate_by_credential_then_renewals_over_mtls(tmp_path: Path) -> None:
     ca, root = authority(tmp_path, workload_cert_ttl=3, rotate_at=0.5)
-    tokens = Tokens(t1=("node-a", ALICE))
+    tokens = OneTimeCredentials(t1=("node-a", ALICE))
     async with anyio.create_task_group() as tg:
         address, service = await tg.start(serve, ca, tokens, tmp_path)
         wi = WorkloadIdentity(ca_address=address, spiffe_id=ALICE, node_id="node-a",
-                              bundle_file=tmp_path / "bundle.pem", credential="t1", platform="test")
+                              bundle_file=tmp_path / BUNDLE_FILE, credential="t1", platform="test")
         with anyio.fail_after(10):
             await tg.start(wi.run)
         first = wi.svid
@@ -128,14 +77,14 @@ async def test_first_certificate_by_credential_then_renewals_over_mtls(tmp_path:
 @pytest.mark.anyio
 async def test_refusals_are_clear_and_the_service_keeps_serving(tmp_path: Path) -> None:
     ca, root = authority(tmp_path, max_workload_cert_ttl=3600)
-    tokens = Tokens(t1=("node-a", ALICE), t2=("node-b", BOB), t3=("node-a", ALICE))
+    tokens = OneTimeCredentials(t1=("node-a", ALICE), t2=("node-b", BOB), t3=("node-a", ALICE))
     async with anyio.create_task_group() as tg:
         address, service = await tg.start(serve, ca, tokens, tmp_path)
         bundle = ca.trust_bundle()
 
         async def refused(request: dict, svid: Svid | None = None) -> GRPCError:
             with pytest.raises(GRPCError) as info:
-                await call(address, bundle, request, svid)
+                await sign_request(address, bundle, request, svid)
             return info.value
 
         key = make_key()
@@ -143,7 +92,7 @@ async def test_refusals_are_clear_and_the_service_keeps_serving(tmp_path: Path) 
         err = await refused({"csr": make_csr(key, ALICE), "node": "node-b", "platform": "test", "credential": "t2"})
         assert err.status is Status.PERMISSION_DENIED and f"the credential proves {BOB}" in err.message
         # a good one: leaf and intermediate, verifiable to the root; a requested lifetime above the maximum is cut
-        reply = await call(address, bundle, {"csr": make_csr(key, ALICE), "node": "node-a", "platform": "test",
+        reply = await sign_request(address, bundle, {"csr": make_csr(key, ALICE), "node": "node-a", "platform": "test",
                                              "credential": "t1", "ttl": 86400})
         leaf, inter = chain_of(reply)
         assert reply["trust_bundle"] == bundle and reply["rotate_at"] == 0.8
@@ -176,15 +125,15 @@ async def test_refusals_are_clear_and_the_service_keeps_serving(tmp_path: Path) 
         assert err.status in (Status.INVALID_ARGUMENT, Status.UNKNOWN)
         # renewal over mTLS with a current SVID: no credential needed, for the peer's own identity only
         alice = Svid.build(reply["certificate_chain"], key, reply["trust_bundle"])
-        renewed = await call(address, bundle, {"csr": make_csr(make_key(), ALICE)}, alice)
+        renewed = await sign_request(address, bundle, {"csr": make_csr(make_key(), ALICE)}, alice)
         assert chain_of(renewed)[0].serial_number != leaf.serial_number
         err = await refused({"csr": make_csr(make_key(), BOB)}, alice)
         assert err.status is Status.PERMISSION_DENIED and f"authenticated as {ALICE}" in err.message
         # a client certificate of another CA never gets past the handshake
         with pytest.raises((ssl.SSLError, ConnectionError, StreamTerminatedError)):
-            await call(address, bundle, {"csr": make_csr(make_key(), ALICE)}, make_svid(make_ca(tmp_path / "x"), ALICE))
+            await sign_request(address, bundle, {"csr": make_csr(make_key(), ALICE)}, make_svid(make_ca(tmp_path / "x"), ALICE))
         # still serving
-        assert (await call(address, bundle, {"csr": make_csr(make_key(), ALICE)}, alice))["certificate_chain"]
+        assert (await sign_request(address, bundle, {"csr": make_csr(make_key(), ALICE)}, alice))["certificate_chain"]
         assert service.refused >= 8
         tg.cancel_scope.cancel()
 
@@ -193,9 +142,9 @@ async def test_refusals_are_clear_and_the_service_keeps_serving(tmp_path: Path) 
 async def test_a_key_the_ca_refuses_is_an_invalid_argument_naming_why(tmp_path: Path) -> None:
     ca, _ = authority(tmp_path)
     async with anyio.create_task_group() as tg:
-        address, _ = await tg.start(serve, ca, Tokens(t1=("node-a", ALICE)), tmp_path)
+        address, _ = await tg.start(serve, ca, OneTimeCredentials(t1=("node-a", ALICE)), tmp_path)
         with pytest.raises(GRPCError) as info:
-            await call(address, ca.trust_bundle(), {"csr": weak_csr(), "node": "node-a", "platform": "test",
+            await sign_request(address, ca.trust_bundle(), {"csr": weak_csr(), "node": "node-a", "platform": "test",
                                                     "credential": "t1"})
         tg.cancel_scope.cancel()
     assert info.value.status is Status.INVALID_ARGUMENT and "2048 bits" in info.value.message

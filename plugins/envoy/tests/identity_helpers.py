@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpclib.server import Server
 from knotwork.identity import CertificateService, Svid, client_context, make_csr, make_key, server_context
 from knotwork.model import Identity
 from knotwork.records import AttestationClaim
+from knotwork.testing import RootAuthority
 from knotwork.wire import JSONCodec, JsonService, serving
 
 from envoy_helpers import Response, read_response
@@ -31,33 +28,17 @@ def spiffe(sa: str, ns: str = "default", td: str = TRUST_DOMAIN) -> str:
     return f"spiffe://{td}/ns/{ns}/sa/{sa}"
 
 
-class MeshCA:
-    """A CertificateAuthority over a :func:`knotwork.testing.make_ca` root issuing `ttl`-second SVIDs."""
+class MeshCA(RootAuthority):
+    """The kernel's test CA over a :func:`knotwork.testing.make_ca` root, remembering every serial it issued."""
 
     def __init__(self, ca: Path, ttl: float = 3600.0, rotate_at: float = 0.8) -> None:
-        self.cert = x509.load_pem_x509_certificate(ca.read_bytes())
-        self.key = serialization.load_pem_private_key(ca.with_suffix(".key").read_bytes(), None)
-        self.ttl, self.rotate_at = ttl, rotate_at
+        super().__init__(ca, ttl, rotate_at)
         self.issued: list[int] = []
 
-    def sign(self, csr: x509.CertificateSigningRequest, spiffe_id: str, *, ttl: float | None = None,
-             dns_names: Sequence[str] = (), ip_addresses: Sequence[str] = ()) -> list[str]:
-        now = datetime.datetime.now(datetime.UTC)
-        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
-        names += [x509.DNSName(n) for n in dns_names]
-        names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.cert.subject)
-                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(seconds=1))
-                .not_valid_after(now + datetime.timedelta(seconds=ttl or self.ttl))
-                .add_extension(x509.SubjectAlternativeName(names), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-                .sign(self.key, hashes.SHA256()))
-        self.issued.append(cert.serial_number)
-        return [cert.public_bytes(serialization.Encoding.PEM).decode()]
-
-    def trust_bundle(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+    def sign(self, csr: Any, spiffe_id: str, **kw: Any) -> list[str]:
+        chain = super().sign(csr, spiffe_id, **kw)
+        self.issued.append(x509.load_pem_x509_certificate(chain[0].encode()).serial_number)
+        return chain
 
     def control_svid(self) -> Svid:
         """The control plane's SVID: its SPIFFE ID and IP SAN 127.0.0.1, valid for an hour."""
