@@ -244,6 +244,12 @@ def test_the_certificate_service_refuses_bad_requests_and_keeps_serving(secure: 
         ({"csr": make_csr(make_key(), BACK), "node": "sidecar~back-1", "platform": "local"}, None,
          Status.UNAUTHENTICATED, "credential"),
     ]
+    # the credential `up` gave front's sidecar (still readable in its /proc environ by the same user): spent
+    front = secure.instance("front-1")
+    environ = Path(f"/proc/{front['sidecar']['pid']}/environ").read_bytes().split(b"\0")
+    spent = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"KNOTWORK_CREDENTIAL="))
+    cases.append(({"csr": make_csr(make_key(), FRONT), "node": front["node"], "platform": "local", "credential": spent},
+                  None, Status.PERMISSION_DENIED, "already used"))
     for request, svid, status, words in cases:
         with pytest.raises(GRPCError) as info:
             _csr_call(address, bundle, request, svid)
