@@ -129,7 +129,10 @@ def cmd_plugins(args: argparse.Namespace, hooks: Hooks) -> int:
 
 
 def cmd_check(args: argparse.Namespace, hooks: Hooks) -> int:
+    from .config import preflight
+
     mesh = _load(args, hooks, engine=args.engine)
+    preflight(mesh, hooks)
     print(f"{mesh.path}: ok (platform {mesh.plugins.platform}, engine {mesh.plugins.engine})")
     return 0
 

@@ -418,3 +418,25 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
             sections[name] = obj
     report.raise_if_any()
     return Mesh(path=path, mesh=settings, plugins=selection, settings=sections)
+
+
+def preflight(mesh: Mesh, hooks: Any) -> None:
+    """Run the `check` of every selected component (platform, config sources, certificate authority);
+    raise one :class:`MeshError` with all their problems."""
+    from .records import ComponentContext
+
+    registry = hooks.registry()
+    problems: list[str] = []
+    for role in ("platform", "config_sources", "certificate_authority"):
+        for name in mesh.selected(role):
+            record = registry[ROLES[role][0]].get(name)
+            if record is None or record.check is None:
+                continue
+            ctx = ComponentContext(mesh=mesh.mesh, settings=mesh.settings.get(name), mesh_dir=mesh.dir,
+                                   state_dir=mesh.state_dir, selection=mesh.selection_map())
+            try:
+                record.check(ctx)
+            except MeshError as exc:
+                problems += exc.problems
+    if problems:
+        raise MeshError(problems)

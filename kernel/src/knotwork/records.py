@@ -67,6 +67,12 @@ class Component:
     ``async def run(self, *, task_status)`` that the kernel starts with
     ``tg.start()``. A platform's or config source's ``run`` also receives
     ``send``: a memory stream for :class:`~knotwork.model.PlatformSnapshot`.
+
+    `check(ctx)`, when given, looks at what the settings point at (files,
+    folders) without changing anything and raises
+    :class:`~knotwork.config.MeshError` naming file and field; ``knotwork
+    check`` and a platform's start call it, so such a mistake is reported
+    before anything runs.
     """
 
     name: str
@@ -74,6 +80,7 @@ class Component:
     description: str = ""
     settings: type | None = None
     plugin: str = attrs.field(default="", eq=False)
+    check: Callable[[ComponentContext], None] | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

@@ -17,7 +17,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from ca_helpers import ALICE, BOB, TD, ca_cert, context, intermediate_cacerts, key_pem, pem, write_cacerts
 from knotwork.config import MeshError
 from knotwork.identity import Svid, client_context, make_csr, make_key, peer_spiffe_id, server_context
-from knotwork_ca.authority import build
+from knotwork_ca.authority import build, check
 from knotwork_ca.settings import DAY
 
 
@@ -300,8 +300,9 @@ def _encrypted_key(d: Path) -> None:
 def test_a_bad_cacerts_folder_is_a_clear_error_naming_the_file(tmp_path: Path, damage, file: str, words: str) -> None:
     folder = intermediate_cacerts(tmp_path / "cacerts")[0]
     damage(folder)
-    with pytest.raises(MeshError) as info:
-        build(context(tmp_path, cacerts=Path("cacerts")))
-    (line,) = info.value.problems
-    where = folder / file if file else folder
-    assert line.startswith(f"{tmp_path / 'knotwork.yaml'}: ca.cacerts: {where}: ") and words in line, line
+    for step in (check, build):  # `knotwork check` and `up` see it before the control plane would
+        with pytest.raises(MeshError) as info:
+            step(context(tmp_path, cacerts=Path("cacerts")))
+        (line,) = info.value.problems
+        where = folder / file if file else folder
+        assert line.startswith(f"{tmp_path / 'knotwork.yaml'}: ca.cacerts: {where}: ") and words in line, line

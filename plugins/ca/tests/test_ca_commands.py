@@ -58,3 +58,12 @@ def test_a_mesh_not_running_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1 and result.stdout == ""
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("knotwork certs: the mesh is not running") and "knotwork up" in err[0]
+
+
+def test_knotwork_check_reports_a_bad_cacerts_folder(tmp_path):
+    (tmp_path / "knotwork.yaml").write_text("plugins: {certificate_authority: ca}\nca: {cacerts: certs}\n")
+    done = subprocess.run([sys.executable, "-m", "knotwork", "check", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"{tmp_path / 'knotwork.yaml'}: ca.cacerts: {tmp_path / 'certs'}: expected a cacerts "
+                                   "folder (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), got no such folder")
+    assert not (tmp_path / ".knotwork").exists()  # a check changes nothing

@@ -16,7 +16,7 @@ from .settings import CASettings
 @hookimpl
 def knotwork_certificate_authorities():
     return [Component(
-        name="ca", factory=lazy("knotwork_ca.authority:build"), settings=CASettings,
+        name="ca", factory=lazy("knotwork_ca.authority:build"), settings=CASettings, check=lazy("knotwork_ca.authority:check"),
         description="signs workload SVIDs with a self-signed root kept in .knotwork/ca, or a cacerts folder's CA",
     )]
 

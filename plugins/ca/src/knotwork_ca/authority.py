@@ -14,6 +14,7 @@ import datetime
 import ipaddress
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -40,11 +41,7 @@ def build(ctx: ComponentContext) -> CertificateAuthority:
     ``<state dir>/ca`` (made on first start). Problems raise :class:`~knotwork.config.MeshError`."""
     settings = ctx.settings if isinstance(ctx.settings, CASettings) else CASettings()
     if settings.cacerts is not None:
-        try:
-            material = load_cacerts((ctx.mesh_dir / settings.cacerts).absolute())
-        except MeshError as exc:  # name the mesh file's field that pointed there
-            raise MeshError([f"{ctx.mesh_dir / 'knotwork.yaml'}: ca.cacerts: {line.removeprefix('plugin/ca: ')}"
-                             for line in exc.problems]) from None
+        material = _cacerts(ctx, settings.cacerts)
     else:
         material = own_root(ctx.state_dir / "ca", ctx.mesh.trust_domain, settings.root_cert_ttl)
     ca = CertificateAuthority(material, settings)
@@ -52,6 +49,22 @@ def build(ctx: ComponentContext) -> CertificateAuthority:
              not_after=material.cert.not_valid_after_utc.isoformat(), workload_cert_ttl=settings.workload_cert_ttl,
              rotate_at=settings.rotate_at)
     return ca
+
+
+def check(ctx: ComponentContext) -> None:
+    """The component's check (``knotwork check``, ``knotwork up``): a ``cacerts`` folder must hold a usable CA.
+    Reads only; the default root is made by the control plane on its first start."""
+    settings = ctx.settings if isinstance(ctx.settings, CASettings) else CASettings()
+    if settings.cacerts is not None:
+        _cacerts(ctx, settings.cacerts)
+
+
+def _cacerts(ctx: ComponentContext, folder: Path) -> SigningMaterial:
+    try:
+        return load_cacerts((ctx.mesh_dir / folder).absolute())
+    except MeshError as exc:  # name the mesh file's field that pointed there
+        raise MeshError([f"{ctx.mesh_dir / 'knotwork.yaml'}: ca.cacerts: {line.removeprefix('plugin/ca: ')}"
+                         for line in exc.problems]) from None
 
 
 def _check_key(public: Any) -> None:

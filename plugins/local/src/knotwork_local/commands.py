@@ -17,7 +17,7 @@ import anyio
 import structlog
 
 from knotwork.cli import UsageError, configure_logging
-from knotwork.config import STATE_DIR, find_mesh_file, load_mesh
+from knotwork.config import STATE_DIR, find_mesh_file, load_mesh, preflight
 from knotwork.records import CliCommand
 
 from . import logs
@@ -56,6 +56,7 @@ def run_up(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
     mesh = load_mesh(args.dir, args.hooks, engine=args.engine)
+    preflight(mesh, args.hooks)  # what the settings point at (a CA folder, ...), before anything starts
     if mesh.plugins.platform != "local":
         raise UsageError(f"runs the local platform; {mesh.path} selects platform {mesh.plugins.platform!r}")
     settings = mesh.settings.get("local") or LocalSettings()
