@@ -229,6 +229,77 @@ spec:
         delete(secure, tmp_path)
 
 
+@pytest.fixture
+def https_server(tmp_path: Path):
+    """A TLS server outside the mesh on 127.0.0.1 for `api.test`, its certificate from a CA of its own:
+    yields (port, CA file); it answers with the server name the client sent."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from knotwork.testing import make_certificate
+
+    ca = make_ca(tmp_path / "api-ca")
+    cert, key = make_certificate(ca, tmp_path / "api", "api.test")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    names: list[str] = []
+    ctx.sni_callback = lambda sock, name, _: names.append(name or "")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            body = json.dumps({"outside": True, "sni": names[-1] if names else None}).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], ca
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_origination_to_a_service_entry_host(secure: RunningMesh, https_server, tmp_path: Path) -> None:
+    """The app speaks plain HTTP to `api.test`; its sidecar originates TLS (DestinationRule SIMPLE), verifying
+    the server with the CA file the rule names and sending the rule's SNI."""
+    port, ca = https_server
+    apply(secure, tmp_path, f"""\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: default}}
+spec:
+  hosts: [api.test]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api, namespace: default}}
+spec:
+  host: api.test
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}, sni: api.test}}
+""")
+    try:
+        relay = f"{secure.url}/relay?to=http://api.test/"
+        got = wait_for(lambda: (r := httpx.get(relay, timeout=10)).status_code == 200 and r, 15,
+                       "front's sidecar to originate TLS to api.test")
+        assert got.json() == {"outside": True, "sni": "api.test"}
+    finally:
+        delete(secure, tmp_path)
+
+
 def _csr_call(address: str, bundle: str, request: dict, svid: Svid | None = None) -> dict:
     return anyio.run(sign_request, address, bundle, request, svid)
 
