@@ -231,7 +231,8 @@ class ControlPlane:
                                  "instance": n.metadata.get("instance", "")}
                                 for p in self.sources.values() for n in p.proxies]}
         if method == "status":
-            return {"version": self.version, "ca": self.certificates.status() if self.certificates else None, "pushes": self.pushes, "pid": os.getpid(), "uptime": time.time() - self.started,
+            return {"version": self.version, "pushes": self.pushes, "pid": os.getpid(), "uptime": time.time() - self.started,
+                    "ca": self.certificates.status() if self.certificates else None,
                     "sources": {k: {"version": v.version, "synced": v.synced} for k, v in self.sources.items()},
                     "compile_errors": self.compile_errors}
         if method == "config":
