@@ -19,6 +19,7 @@ import pytest
 from knotwork.proxyconfig import Cluster, EndpointSet, LbEndpoint, Listener, PeerTls, Secret, UpstreamTls
 from knotwork.testing import make_ca, make_certificate, make_svid
 
+from test_dataplane_support import both_event_loops  # noqa: F401 - the anyio_backend fixture
 from test_dataplane_support import (
     RawClient,
     RecordingSink,
@@ -37,15 +38,6 @@ from test_mtls_support import REFUSED, FakeIdentity, MeshClient, TlsUpstream, me
 
 pytestmark = pytest.mark.anyio
 A, B, C = sa("a"), sa("b"), sa("c")
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    """Each test on asyncio's loop and on uvloop (the production loop): they accept and wrap TLS their own way."""
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-        return ("asyncio", {"use_uvloop": True})
-    return "asyncio"
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import httptools
+import pytest
 from knotwork.protocols import Decision
 from knotwork.proxyconfig import (
     Cluster,
@@ -443,3 +444,13 @@ def http_listener(name: str = "in", mode: str = "inbound", table_name: str = "rt
 def one_route(cluster: str = "c", domains: tuple[str, ...] = ("*",), name: str = "rt", **action: Any) -> RouteTable:
     """A route table sending everything for `domains` to `cluster`."""
     return table(name, ("vh", domains, (route("r", cluster, **action),)))
+
+
+@pytest.fixture(name="anyio_backend", params=["asyncio", "uvloop"])
+def both_event_loops(request: pytest.FixtureRequest) -> Any:
+    """`anyio_backend` for modules that import it: each test on asyncio's loop and on uvloop (the production
+    loop), which accept and wrap TLS their own way."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+        return ("asyncio", {"use_uvloop": True})
+    return "asyncio"

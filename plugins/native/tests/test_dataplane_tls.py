@@ -17,20 +17,12 @@ import pytest
 from cryptography import x509
 from knotwork.proxyconfig import Redirect, Route, RouteMatch, Secret, ServerTls
 
+from test_dataplane_support import both_event_loops  # noqa: F401 - the anyio_backend fixture
 from test_dataplane_support import Upstream, dataplane, http_listener, one_route, resources, table
 from knotwork.testing import make_ca, make_certificate
 
 pytestmark = pytest.mark.anyio
 NAMES = ("a.example.com", "b.example.com", "*.example.org")
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    """Each test on asyncio's loop and on uvloop (the production loop): both wrap TLS their own way."""
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-        return ("asyncio", {"use_uvloop": True})
-    return "asyncio"
 
 
 @pytest.fixture
