@@ -115,7 +115,7 @@ def test_a_valid_mesh_file(demo_hooks, tmp_path):
     assert mesh.dir == tmp_path and mesh.state_dir == tmp_path / ".knotwork"
     assert mesh.mesh == MeshSettings(trust_domain="example.org")
     # the default certificate authority, `ca`, is not among the demo's plugins: no mesh identity then
-    assert mesh.plugins == Selection(load_balancer="random", authorizers=("tenant",), certificate_authority=None)
+    assert mesh.plugins == Selection(load_balancer="random", authorizers=("tenant",), certificate_authority=None, telemetry=())
     assert mesh.selected("authorizers") == ("tenant",) and mesh.selected("certificate_authority") == ()
     assert mesh.settings["local"] == DemoSettings(1.0, (App("web", ports=(Port(8080, "http"),), env={"MODE": "demo"}),))
     assert mesh.selection_map()["load_balancer"] == "random"
@@ -123,7 +123,7 @@ def test_a_valid_mesh_file(demo_hooks, tmp_path):
 
 def test_defaults_when_sections_are_missing(demo_hooks, tmp_path):
     mesh = mesh_from_yaml(tmp_path, "{}\n", demo_hooks)
-    assert mesh.plugins == Selection(certificate_authority=None)  # the default `ca` is not installed here
+    assert mesh.plugins == Selection(certificate_authority=None, telemetry=())  # the default `ca` and sinks are not installed here
     assert mesh.settings["local"] == DemoSettings()
 
 

@@ -12,7 +12,7 @@ from knotwork import Component, Compiler, ProxyEngine, Strategy, hookimpl
 from knotwork.config import MeshError
 from knotwork.control import ControlPlane
 from knotwork.model import Protocol, Resource
-from knotwork.protocols import ConnectionView, RequestView, ResponseInfo
+from knotwork.protocols import ConnectionView, RequestView, ResponseInfo, TcpInfo
 from knotwork.proxyconfig import Cluster, EndpointSet, LbEndpoint, SlotError
 from knotwork.testing import (
     compile_node,
@@ -23,6 +23,7 @@ from knotwork.testing import (
     make_response,
     make_service,
     make_snapshot,
+    make_tcp,
     mesh_from_yaml,
 )
 
@@ -33,7 +34,8 @@ def protocol_attributes(proto: type) -> set[str]:
 
 
 @pytest.mark.parametrize(("fake", "proto"), [
-    (make_request(), RequestView), (make_connection(), ConnectionView), (make_response(), ResponseInfo)])
+    (make_request(), RequestView), (make_connection(), ConnectionView), (make_response(), ResponseInfo),
+    (make_tcp(), TcpInfo)])
 def test_fakes_have_every_attribute_of_their_protocol(fake, proto):
     missing = {n for n in protocol_attributes(proto) if not hasattr(fake, n)}
     assert not missing

@@ -66,7 +66,8 @@ class Selection:
     config_sources: tuple[str, ...] = attrs.field(default=("files",), metadata={"help": "config sources of Istio resources"})
     authenticators: tuple[str, ...] = attrs.field(default=(), metadata={"help": "authenticators, in order"})
     authorizers: tuple[str, ...] = attrs.field(default=(), metadata={"help": "authorizers (deny wins)"})
-    telemetry: tuple[str, ...] = attrs.field(default=(), metadata={"help": "telemetry sinks"})
+    telemetry: tuple[str, ...] = attrs.field(default=("metrics", "access-log"), metadata={
+        "help": "telemetry sinks, on every listener ([]: none; by default those installed of metrics, access-log)"})
     extra: tuple[str, ...] = attrs.field(default=(), metadata={"help": "in-house plugins to enable, by plugin name"})
 
 
@@ -379,6 +380,8 @@ def load_mesh(target: str | Path | None, hooks: Hooks, *, engine: str | None = N
     defaulted = set() if "config_sources" in plugins_given else set(selection.config_sources)
     if "certificate_authority" not in plugins_given and selection.certificate_authority not in registry["certificate_authorities"]:
         selection = attrs.evolve(selection, certificate_authority=None)  # the default CA is not installed: no mTLS
+    if "telemetry" not in plugins_given:  # the default sinks that are installed
+        selection = attrs.evolve(selection, telemetry=tuple(n for n in selection.telemetry if n in registry["telemetry"]))
     sections: dict[str, Any] = {}
     records: dict[str, Any] = {}
     for role, (kind, human) in ROLES.items():

@@ -16,6 +16,8 @@ __all__ = [
     "Endpoint",
     "Identity",
     "MeshSettings",
+    "MeshTelemetry",
+    "MetricNaming",
     "OutboundTrafficPolicy",
     "PlatformSnapshot",
     "Protocol",
@@ -37,6 +39,31 @@ class OutboundTrafficPolicy(enum.StrEnum):
     REGISTRY_ONLY = "REGISTRY_ONLY"
 
 
+class MetricNaming(enum.StrEnum):
+    """Names of the request metrics: Knotwork's base units or Istio's exact names and buckets."""
+
+    KNOTWORK = "knotwork"
+    ISTIO = "istio"
+
+
+def _percent(_: Any, attribute: Any, value: float) -> None:
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(f"expected a percent from 0 to 100, got {value!r}")
+
+
+@attrs.frozen
+class MeshTelemetry:
+    """Mesh-wide telemetry defaults (Istio's MeshConfig); Telemetry resources override them."""
+
+    metric_names: MetricNaming = attrs.field(default=MetricNaming.KNOTWORK, metadata={
+        "help": "knotwork: knotwork_requests_total, seconds; istio: istio_requests_total, milliseconds, Istio's buckets"})
+    access_log: bool = attrs.field(default=True, metadata={"help": "one JSON line per request from every proxy"})
+    tracing_sampling: float = attrs.field(default=1.0, validator=_percent, metadata={
+        "help": "percent of requests without a caller's decision that are traced"})
+    tracing_endpoint: str | None = attrs.field(default=None, metadata={
+        "help": "OTLP/HTTP traces URL (http://127.0.0.1:4318/v1/traces); null: no tracing"})
+
+
 @attrs.frozen
 class MeshSettings:
     """Mesh-wide names, from the `mesh:` section of the mesh file."""
@@ -51,6 +78,8 @@ class MeshSettings:
         default=OutboundTrafficPolicy.ALLOW_ANY,
         metadata={"help": "ALLOW_ANY passes unknown hosts through; REGISTRY_ONLY answers 502 (flag NR)"},
     )
+    telemetry: MeshTelemetry = attrs.field(factory=MeshTelemetry, metadata={
+        "help": "metrics naming, access logs, tracing sampling and OTLP endpoint"})
 
     def is_root_namespace(self, namespace: str) -> bool:
         return namespace == self.root_namespace or namespace == "istio-system"

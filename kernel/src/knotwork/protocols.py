@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .proxyconfig import LbEndpoint, Route
+    from .proxyconfig import LbEndpoint, PeerInfo, Route
 
 __all__ = [
     "Authenticator",
@@ -28,6 +28,7 @@ __all__ = [
     "RequestView",
     "ResponseInfo",
     "Router",
+    "TcpInfo",
     "TelemetrySink",
 ]
 
@@ -50,6 +51,9 @@ class RequestView(Protocol):
     connection: ConnectionView
     principal: str | None  # set by authenticators
     source_labels: dict[str, str]  # labels of the calling workload (outbound)
+    protocol: str  # "HTTP/1.1", "HTTP/2", …
+    start_time: float  # wall clock (time.time()) when the request headers were read
+    trace_id: str | None  # 32 hex digits when the request is part of a trace, else None
 
     def header(self, name: str) -> str | None:
         """The first value of a header (name lower-case), or None."""
@@ -65,6 +69,22 @@ class ResponseInfo(Protocol):
     bytes_received: int
     bytes_sent: int
     duration: float  # seconds
+    upstream_peer: PeerInfo | None  # the chosen endpoint's workload (outbound), else None
+    grpc_status: str  # the response's grpc-status, "" when none
+
+
+class TcpInfo(Protocol):
+    """One proxied TCP connection (a tcp listener's), for telemetry sinks."""
+
+    connection: ConnectionView
+    start_time: float  # wall clock when it was accepted
+    cluster: str | None
+    upstream: str | None  # "address:port"
+    upstream_peer: PeerInfo | None
+    flags: str
+    bytes_received: int  # from the downstream so far
+    bytes_sent: int  # to the downstream so far
+    duration: float  # seconds, at close
 
 
 @runtime_checkable
@@ -130,3 +150,9 @@ class TelemetrySink(Protocol):
 
     def request_finished(self, request: RequestView, response: ResponseInfo) -> None:
         """Called when the response is done or failed. Must not block."""
+
+    # Optional, for tcp listeners (engines look them up once, at build time):
+    #   tcp_opened(info: TcpInfo) -> None   when the upstream connection is established
+    #   tcp_closed(info: TcpInfo) -> None   when both sides are closed, with final byte counts
+    # On the Envoy engine, sinks that declare engine "envoy" run in the agent, fed
+    # from Envoy's access-log stream (see docs/observability.md).

@@ -43,6 +43,9 @@ __all__ = [
     "LbEndpoint",
     "Listener",
     "MirrorPolicy",
+    "Observability",
+    "PEER_HEADER",
+    "PeerInfo",
     "ProxySnapshot",
     "RESOLUTIONS",
     "Redirect",
@@ -64,6 +67,8 @@ __all__ = [
     "SlotError",
     "SnapshotBuilder",
     "StringMatch",
+    "TagOverride",
+    "Tracing",
     "VirtualHost",
     "WeightedCluster",
     "wire",
@@ -371,6 +376,109 @@ class UpstreamTls:
         return tuple(n for n in (self.ca_secret, self.certificate) if n)
 
 
+# ── observability (a listener's telemetry: metrics, access log, tracing) ────
+
+#: Request header a client sidecar sets to its own workload's :meth:`PeerInfo.header`
+#: (an app's own value is replaced); the server sidecar reads it for the source labels.
+PEER_HEADER = "x-knotwork-peer"
+_UNKNOWN = "unknown"
+
+
+@attrs.frozen
+class PeerInfo:
+    """A workload as telemetry labels it (Istio's ``*_workload``, ``*_app``, …).
+
+    Fields are ``unknown`` when not known, as in Istio. `principal` is the
+    SPIFFE ID. :meth:`header` is the value of :data:`PEER_HEADER`.
+    """
+
+    workload: str = _UNKNOWN
+    namespace: str = _UNKNOWN
+    app: str = _UNKNOWN
+    version: str = _UNKNOWN
+    principal: str = _UNKNOWN
+
+    def header(self) -> str:
+        """``workload=…;namespace=…;app=…;version=…;principal=…`` (no ``;``/``=`` in values)."""
+        return ";".join(f"{k}={getattr(self, k)}" for k in ("workload", "namespace", "app", "version", "principal"))
+
+    @classmethod
+    def parse(cls, value: str | None) -> PeerInfo | None:
+        """The inverse of :meth:`header`; None for a missing or malformed value."""
+        if not value or len(value) > 1024:
+            return None
+        fields: dict[str, str] = {}
+        for part in value.split(";"):
+            key, eq, val = part.partition("=")
+            if not eq or key not in _PEER_FIELDS or not val:
+                return None
+            fields[key] = val
+        return cls(**fields)
+
+
+_PEER_FIELDS = frozenset(("workload", "namespace", "app", "version", "principal"))
+
+
+@attrs.frozen
+class TagOverride:
+    """A Telemetry API ``metrics.overrides[].tagOverrides`` entry.
+
+    `metric` is Istio's selector (``ALL_METRICS``, ``REQUEST_COUNT``,
+    ``REQUEST_DURATION``, ``REQUEST_SIZE``, ``RESPONSE_SIZE``,
+    ``TCP_OPENED_CONNECTIONS``, ``TCP_CLOSED_CONNECTIONS``, ``TCP_SENT_BYTES``,
+    ``TCP_RECEIVED_BYTES``); `mode` ``CLIENT_AND_SERVER``, ``CLIENT`` or
+    ``SERVER``. `remove` drops the label; else `value` is its expression: a
+    quoted literal, ``request.host``, ``request.method``, ``request.url_path``,
+    ``request.path``, ``request.protocol``, ``request.headers['name']`` or
+    ``response.code``.
+    """
+
+    metric: str
+    tag: str
+    remove: bool = False
+    value: str = ""
+    mode: str = "CLIENT_AND_SERVER"
+
+
+@attrs.frozen
+class Tracing:
+    """Tracing of a listener's requests: a sampling percent and where spans go.
+
+    `sampling` (0-100) applies to requests that arrive without a sampling
+    decision; a caller's decision (W3C ``traceparent`` flags, B3 sampled) is
+    honoured. `endpoint` is an OTLP/HTTP traces URL
+    (``http://127.0.0.1:4318/v1/traces``). `service` names the spans' service.
+    """
+
+    sampling: float
+    endpoint: str
+    service: str
+    max_path_tag_length: int = 256
+    custom_tags: tuple[tuple[str, str], ...] = ()  # (attribute, literal value)
+
+
+@attrs.frozen
+class Observability:
+    """What a listener reports, compiled from the mesh settings and Telemetry API.
+
+    `reporter` is ``source`` (outbound and gateway listeners: the client
+    side) or ``destination`` (inbound). `workload` is this proxy's own
+    workload. `service` (inbound) is the served service FQDN. `naming`
+    ``knotwork`` emits ``knotwork_requests_total`` and base units; ``istio``
+    Istio's exact names and buckets. Both engines carry it out the same way;
+    telemetry sinks read it from ``listener.observability``.
+    """
+
+    reporter: str
+    workload: PeerInfo
+    service: str = ""
+    metrics: bool = True
+    naming: str = "knotwork"
+    tag_overrides: tuple[TagOverride, ...] = ()
+    access_log: bool = True
+    tracing: Tracing | None = None
+
+
 @attrs.frozen
 class Listener:
     """Envoy ``Listener`` (LDS).
@@ -402,6 +510,7 @@ class Listener:
     extensions: tuple[Extension, ...] = ()
     server_tls: tuple[ServerTls, ...] = ()
     weighted_clusters: tuple[WeightedCluster, ...] = ()
+    observability: Observability | None = None
 
     def referenced_secrets(self) -> Iterable[str]:
         """The secrets the listener's TLS names."""
@@ -450,7 +559,11 @@ RESOLUTIONS = ("static", "dns", "passthrough")
 
 @attrs.frozen
 class LbEndpoint:
-    """Envoy ``LbEndpoint`` with the metadata a client checks."""
+    """Envoy ``LbEndpoint`` with the metadata a client checks and reports.
+
+    `workload` / `namespace` name the endpoint's workload (telemetry's
+    ``destination_workload``); `labels` carry ``app`` and ``version``.
+    """
 
     address: str
     port: int
@@ -460,6 +573,18 @@ class LbEndpoint:
     locality: str = ""
     identity: str | None = None
     instance: str = ""
+    workload: str = ""
+    namespace: str = ""
+
+    def peer(self) -> PeerInfo:
+        """The endpoint as telemetry labels it (``unknown`` where not known)."""
+        labels = self.labels
+        return PeerInfo(
+            workload=self.workload or _UNKNOWN, namespace=self.namespace or _UNKNOWN,
+            app=labels.get("app") or labels.get("app.kubernetes.io/name") or _UNKNOWN,
+            version=labels.get("version") or labels.get("app.kubernetes.io/version") or _UNKNOWN,
+            principal=self.identity or _UNKNOWN,
+        )
 
 
 @attrs.frozen

@@ -32,8 +32,8 @@ from .proxyconfig import ProxySnapshot
 from .records import CompileInput
 
 __all__ = [
-    "FakeConnection", "FakeRequest", "FakeResponse", "HookCall", "HookRecorder", "OneTimeCredentials", "RootAuthority", "compile_node", "make_connection",
-    "make_ca", "make_certificate", "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "make_svid", "mesh_from_yaml", "sign_request",
+    "FakeConnection", "FakeRequest", "FakeResponse", "FakeTcp", "HookCall", "HookRecorder", "OneTimeCredentials", "RootAuthority", "compile_node", "make_connection",
+    "make_ca", "make_certificate", "make_endpoint", "make_node", "make_request", "make_response", "make_service", "make_snapshot", "make_svid", "make_tcp", "mesh_from_yaml", "sign_request",
     "settings_from_yaml",
 ]
 
@@ -153,6 +153,9 @@ class FakeRequest:
     headers: dict[str, str] = attrs.Factory(dict)
     principal: str | None = None
     source_labels: dict[str, str] = attrs.Factory(dict)
+    protocol: str = "HTTP/1.1"
+    start_time: float = 0.0
+    trace_id: str | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -166,6 +169,23 @@ class FakeResponse:
     flags: str = "-"
     upstream: str | None = None
     cluster: str | None = None
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    duration: float = 0.0
+    upstream_peer: Any = None
+    grpc_status: str = ""
+
+
+@attrs.define
+class FakeTcp:
+    """A :class:`~knotwork.protocols.TcpInfo`: one proxied TCP connection."""
+
+    connection: FakeConnection = attrs.Factory(lambda: FakeConnection())
+    start_time: float = 0.0
+    cluster: str | None = None
+    upstream: str | None = None
+    upstream_peer: Any = None
+    flags: str = "-"
     bytes_received: int = 0
     bytes_sent: int = 0
     duration: float = 0.0
@@ -187,6 +207,11 @@ def make_request(method: str = "GET", path: str = "/", authority: str = "x", hea
 def make_response(status: int = 200, **fields: Any) -> FakeResponse:
     """How a request ended, for telemetry sinks."""
     return FakeResponse(status=status, **fields)
+
+
+def make_tcp(peer_identity: str | None = None, **fields: Any) -> FakeTcp:
+    """A proxied TCP connection, for telemetry sinks' ``tcp_opened`` / ``tcp_closed``."""
+    return FakeTcp(connection=make_connection(peer_identity), **fields)
 
 
 # ── model builders ───────────────────────────────────────────────────────────

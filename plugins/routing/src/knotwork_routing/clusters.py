@@ -31,10 +31,12 @@ class PortError(LookupError):
 
 
 def lb_endpoint(ep: Endpoint) -> LbEndpoint:
-    """The compiled form of a discovered endpoint."""
+    """The compiled form of a discovered endpoint (a workload's lives in its service's namespace)."""
+    parts = ep.service.split(".")
+    namespace = parts[1] if ep.workload and len(parts) > 2 and parts[2] == "svc" else ""
     return LbEndpoint(
         address=ep.address, port=ep.port, weight=ep.weight, healthy=ep.healthy, labels=dict(ep.labels),
-        locality=ep.locality, identity=ep.identity, instance=ep.instance,
+        locality=ep.locality, identity=ep.identity, instance=ep.instance, workload=ep.workload, namespace=namespace,
     )
 
 
