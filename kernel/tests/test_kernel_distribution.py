@@ -5,7 +5,15 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from knotwork.distribution import AdsSession, DiscoveryRequest, ResourceCache, SnapshotCache
+from knotwork.distribution import (
+    LATENCY_BUCKETS,
+    AdsSession,
+    DiscoveryRequest,
+    Latency,
+    ResourceCache,
+    SnapshotCache,
+    StreamStatus,
+)
 from knotwork.proxyconfig import Cluster, EndpointSet, LbEndpoint, Listener, ProxySnapshot, RouteTable
 
 
@@ -146,6 +154,35 @@ def test_reconnect_with_a_version_counts_as_acked():
     verdict = session.on_request(DiscoveryRequest("clusters", version_info="v-old"))
     assert verdict == "subscribe"
     assert session.status.acked == {"clusters": "v-old"}
+
+
+def test_stream_status_counts_pushes_nacks_and_the_latency_to_each_ack():
+    cache = SnapshotCache()
+    cache.set("n", snapshot())
+    status = cache.status.setdefault("n", StreamStatus())  # as an engine's server does: the one set() made
+    assert status.changed_at > 0
+    session = AdsSession("n", status)
+    subscribe(session, "clusters")
+    (push,) = session.plan(cache.get("n"))
+    assert status.pushes == {"clusters": 1} and sum(status.latency.counts) == 0
+    ack(session, push)
+    assert sum(status.latency.counts) == 1 and status.latency.counts[-1] == 0  # well under 30 s
+    ack(session, push)  # the same ACK again: no second observation
+    assert sum(status.latency.counts) == 1
+    cache.set("n", snapshot({"a": "random"}))
+    (push,) = session.plan(cache.get("n"))
+    assert session.on_request(DiscoveryRequest("clusters", "", push.nonce, error_detail="no")) == "nack"
+    assert status.pushes == {"clusters": 2} and status.nacks == {"clusters": 1}
+    assert sum(status.latency.counts) == 1
+
+
+def test_latency_buckets_are_upper_bounds():
+    latency = Latency()
+    for seconds in (0.001, 0.0011, 30.0, 31.0):
+        latency.observe(seconds)
+    assert latency.counts[0] == 1 and latency.counts[1] == 1
+    assert latency.counts[LATENCY_BUCKETS.index(30.0)] == 1 and latency.counts[-1] == 1
+    assert latency.sum == pytest.approx(61.0021)
 
 
 def test_resource_cache_encodes_once():

@@ -14,36 +14,46 @@ trust bundle to the state directory for proxies to verify it by, and holds
 an SVID of its own: the engine's distribution server then requires mTLS,
 and a proxy may only stream the config of a node whose identity its SVID
 proves (no node-id spoofing).
+
+Metrics: :class:`ControlMetrics` (``knotwork_control_*``, Prometheus text) is
+served over HTTP at ``GET /metrics`` on `metrics_listen` (else the
+``KNOTWORK_METRICS_LISTEN`` environment variable, else a free loopback port;
+the bound address is in the admin ``status`` reply).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import attrs
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import SocketAttribute, TaskStatus
+from anyio.streams.buffered import BufferedByteReceiveStream
 from grpclib.server import Server
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
 
 from .config import Mesh
-from .distribution import SnapshotCache
+from .distribution import LATENCY_BUCKETS, SnapshotCache
 from .identity import CertificateServer
 from .kernel import Hooks
 from .model import PlatformSnapshot, Resource, SourceRef
 from .proxyconfig import TYPE_ORDER, ProxySnapshot, SnapshotBuilder, wire
 from .records import CompileInput, Compiler, ComponentContext
-from .wire import JSONCodec, JsonService, serving, unary
+from .wire import JSONCodec, JsonService, parse_address, serving, unary
 
-__all__ = ["ControlPlane", "compile_proxy"]
+__all__ = ["METRICS_LISTEN_ENV", "ControlMetrics", "ControlPlane", "compile_proxy"]
 
 log = structlog.get_logger("knotwork.control")
 DEBOUNCE = 0.02
+#: Where the control plane serves ``/metrics`` when the caller names no address (``HOST:PORT``).
+METRICS_LISTEN_ENV = "KNOTWORK_METRICS_LISTEN"
 
 
 def compile_proxy(compilers: Iterable[Compiler], inp: CompileInput) -> ProxySnapshot:
@@ -73,8 +83,11 @@ def _problem(exc: Exception) -> str:
 class ControlPlane:
     """Runs platforms, compiles, distributes. One per mesh."""
 
-    def __init__(self, mesh: Mesh, hooks: Hooks, *, listen: str = "127.0.0.1:0", ca_listen: str = "127.0.0.1:0") -> None:
+    def __init__(self, mesh: Mesh, hooks: Hooks, *, listen: str = "127.0.0.1:0", ca_listen: str = "127.0.0.1:0",
+                 metrics_listen: str | None = None) -> None:
         self.mesh, self.hooks, self.listen, self.ca_listen = mesh, hooks, listen, ca_listen
+        self.metrics_listen = metrics_listen or os.environ.get(METRICS_LISTEN_ENV) or "127.0.0.1:0"
+        self.metrics_address: tuple[str, int] | None = None
         self.certificates: CertificateServer | None = None
         self.cache = SnapshotCache()
         self.sources: dict[str, PlatformSnapshot] = {}
@@ -83,6 +96,13 @@ class ControlPlane:
         self.pushes = 0
         self.compile_errors: dict[str, str] = {}
         self.started = time.time()
+        # counters, exported at scrape time by ControlMetrics
+        self.failed_compiles = 0
+        self.rejections: Counter[str] = Counter()  # source -> changes refused by the trial compile
+        self.snapshots_received: Counter[str] = Counter()  # source -> platform snapshots
+        self.registry_events: Counter[tuple[str, str]] = Counter()  # (services|endpoints|configs, add|update|delete)
+        self.metrics = CollectorRegistry()
+        self.metrics.register(ControlMetrics(self))
         selected = {r.plugin for kind, recs in hooks.registry().items() for r in recs.values()
                     if r.name in self._selected_names()}
         self.compilers = hooks.compilers(plugins=selected | set(mesh.plugins.extra))
@@ -99,7 +119,7 @@ class ControlPlane:
         return ComponentContext(
             mesh=self.mesh.mesh, settings=self.mesh.settings.get(name), mesh_dir=self.mesh.dir,
             state_dir=self.mesh.state_dir, selection=self.mesh.selection_map(), options=options,
-            validate=self.validate,
+            validate=self._validate_change,
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -118,6 +138,7 @@ class ControlPlane:
             server = engine.control_server(self.context(engine.name, listen=self.listen, **secure), self.cache)
             await tg.start(server.run)
             await tg.start(self._serve_admin)
+            await tg.start(self._serve_metrics)
             tg.start_soon(self._merge, receive)
             for role, kind in (("platform", "platforms"), ("config_sources", "config_sources")):
                 for name in self.mesh.selected(role):
@@ -144,16 +165,30 @@ class ControlPlane:
     async def _merge(self, receive: Any) -> None:
         async with receive:
             while True:
-                snap = await receive.receive()
-                self.sources[snap.platform] = snap
+                self._received(await receive.receive())
                 with anyio.move_on_after(DEBOUNCE):
                     while True:
-                        snap = await receive.receive()
-                        self.sources[snap.platform] = snap
+                        self._received(await receive.receive())
                 if not all(s in self.sources and self.sources[s].synced for s in self.expected):
                     log.info("waiting for first full sync", have=sorted(self.sources))
                     continue
                 self.publish()
+
+    def _received(self, snap: PlatformSnapshot) -> None:
+        """Keep `snap` as its source's latest; count it and what changed against the one before."""
+        old = self.sources.get(snap.platform) or PlatformSnapshot(platform=snap.platform, version=0)
+        self.sources[snap.platform] = snap
+        self.snapshots_received[snap.platform] += 1
+        for kind, key, before, after in (
+                ("services", lambda s: (s.namespace, s.name), old.services, snap.services),
+                ("endpoints", lambda e: (e.service, e.service_port, e.address, e.port), old.endpoints, snap.endpoints),
+                ("configs", lambda r: (r.kind, r.namespace, r.name), old.resources, snap.resources)):
+            if before == after:
+                continue
+            was, now = {key(x): x for x in before}, {key(x): x for x in after}
+            self.registry_events[(kind, "add")] += len(now.keys() - was.keys())
+            self.registry_events[(kind, "delete")] += len(was.keys() - now.keys())
+            self.registry_events[(kind, "update")] += sum(1 for k in now.keys() & was.keys() if now[k] != was[k])
 
     def _inputs(self, sources: dict[str, PlatformSnapshot]) -> Iterable[CompileInput]:
         """One compile input per proxy of `sources`."""
@@ -184,7 +219,7 @@ class ControlPlane:
         sources = dict(self.sources)
         current = sources.get(source)
         sources[source] = (attrs.evolve(current, resources=tuple(resources)) if current is not None
-                           else PlatformSnapshot(platform=source, resources=tuple(resources), synced=True))
+                           else PlatformSnapshot(platform=source, version=0, resources=tuple(resources), synced=True))
         problems: set[str] = set()
         for inp in self._inputs(sources):
             try:
@@ -193,6 +228,14 @@ class ControlPlane:
                 if self.compile_errors.get(inp.node.id) != f"{type(exc).__name__}: {exc}":
                     problems.add(_problem(exc))
         return sorted(problems)
+
+    def _validate_change(self, source: str, resources: tuple[Any, ...]) -> list[str]:
+        """:meth:`validate` as config sources call it before accepting a change: a change with
+        problems is refused, and counted (``knotwork_control_config_rejections_total``)."""
+        problems = self.validate(source, resources)
+        if problems:
+            self.rejections[source] += 1
+        return problems
 
     def publish(self) -> None:
         """Compile every proxy and publish the snapshots that changed."""
@@ -205,6 +248,7 @@ class ControlPlane:
                 snapshot = compile_proxy(self.compilers, inp)
             except Exception as exc:  # noqa: BLE001 - a failed compile keeps the last good config
                 self.compile_errors[node.id] = f"{type(exc).__name__}: {exc}"
+                self.failed_compiles += 1
                 log.error("compile failed; proxy keeps its last good config", node=node.id, error=str(exc))
                 continue
             self.compile_errors.pop(node.id, None)
@@ -232,6 +276,7 @@ class ControlPlane:
                                 for p in self.sources.values() for n in p.proxies]}
         if method == "status":
             return {"version": self.version, "pushes": self.pushes, "pid": os.getpid(), "uptime": time.time() - self.started,
+                    "metrics": None if self.metrics_address is None else "%s:%d" % self.metrics_address,
                     "ca": self.certificates.status() if self.certificates else None,
                     "sources": {k: {"version": v.version, "synced": v.synced} for k, v in self.sources.items()},
                     "compile_errors": self.compile_errors}
@@ -299,6 +344,138 @@ class ControlPlane:
         async with serving(server, path=Path(self.mesh.state_dir) / "control.sock"):
             task_status.started()
             await anyio.sleep_forever()
+
+
+    # -- metrics (HTTP) -----------------------------------------------------
+    async def _serve_metrics(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """``GET /metrics`` on `metrics_listen`: this control plane's registry, Prometheus text (or
+        OpenMetrics when asked for it). One request per connection; 404 elsewhere."""
+        host, port = parse_address(self.metrics_listen)
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        async with listener:
+            self.metrics_address = listener.listeners[0].extra(SocketAttribute.local_address)[:2]
+            log.info("metrics listening", address="http://%s:%d/metrics" % self.metrics_address)
+            task_status.started()
+            await listener.serve(self._http)
+
+    async def _http(self, stream: Any) -> None:
+        async with stream:
+            try:
+                with anyio.fail_after(10):
+                    head = await BufferedByteReceiveStream(stream).receive_until(b"\r\n\r\n", 65536)
+                    lines = head.decode("latin-1").split("\r\n")
+                    method, target, _ = (lines[0].split(" ") + ["", ""])[:3]
+                    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+                    status, ctype, body = self._metrics_reply(method, target.split("?", 1)[0], headers.get("accept", ""))
+                    await stream.send(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                                      % (status.encode(), ctype.encode(), len(body)) + (b"" if method == "HEAD" else body))
+            except (anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.EndOfStream, anyio.BrokenResourceError,
+                    OSError, TimeoutError):
+                pass  # a client gone or speaking something else: nothing to answer
+
+    def _metrics_reply(self, method: str, path: str, accept: str) -> tuple[str, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain; charset=utf-8", b"GET /metrics\n"
+        if path != "/metrics":
+            return "404 Not Found", "text/plain; charset=utf-8", b"not found: try /metrics\n"
+        encode, ctype = choose_encoder(accept)
+        return "200 OK", ctype, encode(self.metrics)
+
+
+class ControlMetrics:
+    """A ``prometheus_client`` collector of one control plane, read at scrape time from the plain
+    counters the control plane, its :class:`~knotwork.distribution.SnapshotCache` (each node's
+    :class:`~knotwork.distribution.StreamStatus`) and its certificate service keep.
+
+    ======================================================  =========  =====================================  ==============================================
+    metric                                                  type       labels                                 Istio's nearest
+    ======================================================  =========  =====================================  ==============================================
+    ``knotwork_control_connected_proxies``                  gauge      engine, type (sidecar, gateway)        ``pilot_xds``
+    ``knotwork_control_pushes_total``                       counter    type (clusters, endpoints, listeners,  ``pilot_xds_pushes`` (type cds, eds, lds,
+                                                                       routes, secrets)                       rds, sds)
+    ``knotwork_control_push_latency_seconds``               histogram  —                                      ``pilot_proxy_convergence_time``
+    ``knotwork_control_nacks_total``                        counter    type                                   ``pilot_total_xds_rejects``
+    ``knotwork_control_config_rejections_total``            counter    source                                 ``galley_validation_failed``
+    ``knotwork_control_compile_errors_total``               counter    —                                      ``pilot_total_xds_internal_errors``
+    ``knotwork_control_config_publishes_total``             counter    —                                      ``pilot_push_triggers``
+    ``knotwork_control_certificates_issued_total``          counter    kind (bootstrap, renewal)              ``citadel_server_success_cert_issue_count``
+    ``knotwork_control_certificate_refusals_total``         counter    reason (gRPC status)                   ``citadel_server_csr_parsing_err_count``,
+                                                                                                              ``citadel_server_authentication_failure_count``
+    ``knotwork_control_platform_snapshots_total``           counter    source                                 —
+    ``knotwork_control_registry_events_total``              counter    type (services, endpoints, configs),   ``pilot_k8s_reg_events``, ``pilot_k8s_cfg_events``
+                                                                       event (add, update, delete)
+    ``knotwork_control_services``                           gauge      —                                      ``pilot_services``
+    ``knotwork_control_endpoints``                          gauge      —                                      —
+    ======================================================  =========  =====================================  ==============================================
+
+    Push latency: from a proxy's new snapshot being stored after its compile (or
+    the proxy's request for a type, when that came later, as on connect) to the
+    proxy's ACK of the push, per pushed type. Config rejections: changes a config
+    source refused because the trial compile found problems (its own parse and
+    schema refusals happen before, in the source). Compile errors: proxies whose
+    compile failed while publishing (they keep their last good config).
+    """
+
+    def __init__(self, control: ControlPlane) -> None:
+        self.control = control
+
+    def collect(self) -> Iterator[Any]:
+        c, prefix = self.control, "knotwork_control_"
+        statuses = list(c.cache.status.values())
+        kinds = {n.id: n.kind for p in c.sources.values() for n in p.proxies}
+        connected = GaugeMetricFamily(prefix + "connected_proxies", "Proxies with a config stream open",
+                                      labels=["engine", "type"])
+        by_kind = Counter({k: 0 for k in kinds.values()})
+        for node, streams in c.cache.connected.items():
+            by_kind[kinds.get(node, node.partition("~")[0])] += streams
+        for kind, count in sorted(by_kind.items()):
+            connected.add_metric([c.mesh.plugins.engine, kind], count)
+        yield connected
+        pushes = CounterMetricFamily(prefix + "pushes", "Config responses sent to proxies", labels=["type"])
+        nacks = CounterMetricFamily(prefix + "nacks", "Config responses rejected by proxies (NACK)", labels=["type"])
+        for t in TYPE_ORDER:
+            pushes.add_metric([t], sum(st.pushes.get(t, 0) for st in statuses))
+            nacks.add_metric([t], sum(st.nacks.get(t, 0) for st in statuses))
+        yield pushes
+        yield nacks
+        counts = [sum(st.latency.counts[i] for st in statuses) for i in range(len(LATENCY_BUCKETS) + 1)]
+        cumulative, buckets = 0, []
+        for bound, n in zip([*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf"], counts, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(prefix + "push_latency_seconds", "From a proxy's compiled config change to its ACK",
+                                    buckets=buckets, sum_value=sum(st.latency.sum for st in statuses))
+        yield _counter(prefix + "config_rejections", "Config changes refused: the trial compile found problems",
+                       "source", c.rejections)
+        yield CounterMetricFamily(prefix + "compile_errors", "Proxy compiles that failed (the proxy keeps its last "
+                                  "good config)", value=c.failed_compiles)
+        yield CounterMetricFamily(prefix + "config_publishes", "Config versions published (some proxy's config "
+                                  "changed)", value=c.pushes)
+        service = c.certificates.service if c.certificates is not None else None
+        issued = CounterMetricFamily(prefix + "certificates_issued", "Workload certificates signed", labels=["kind"])
+        issued.add_metric(["bootstrap"], service.signed - service.renewed if service else 0)
+        issued.add_metric(["renewal"], service.renewed if service else 0)
+        yield issued
+        yield _counter(prefix + "certificate_refusals", "Certificate requests refused", "reason",
+                       service.refusals if service else {})
+        yield _counter(prefix + "platform_snapshots", "Snapshots received from platforms and config sources",
+                       "source", c.snapshots_received)
+        events = CounterMetricFamily(prefix + "registry_events", "Services, endpoints and config resources added, "
+                                     "updated or deleted by a source's snapshot", labels=["type", "event"])
+        for kind in ("services", "endpoints", "configs"):
+            for event in ("add", "update", "delete"):
+                events.add_metric([kind, event], c.registry_events[(kind, event)])
+        yield events
+        yield GaugeMetricFamily(prefix + "services", "Services known", value=sum(len(p.services) for p in c.sources.values()))
+        yield GaugeMetricFamily(prefix + "endpoints", "Endpoints known",
+                                value=sum(len(p.endpoints) for p in c.sources.values()))
+
+
+def _counter(name: str, documentation: str, label: str, values: Any) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
 
 
 async def admin_call(state_dir: Path, method: str, **args: Any) -> dict:

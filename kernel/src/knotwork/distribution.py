@@ -5,11 +5,18 @@ streams on change. :class:`AdsSession` is the state-of-the-world ADS state
 machine of one stream: per resource type a version, a nonce, ACK/NACK, the
 names subscribed; it decides what to send and in which order (SDS, CDS, EDS,
 LDS, RDS; removals in reverse). Engines only encode and transport.
+
+Both also keep the control plane's distribution counters, as plain numbers on
+each node's :class:`StreamStatus` (the control plane exports them at scrape
+time): responses sent and NACKs received per type, and the push latency, from
+a snapshot being stored to the proxy's ACK of it.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +25,8 @@ import attrs
 
 from .proxyconfig import TYPE_ORDER, ProxySnapshot
 
-__all__ = ["AdsSession", "DiscoveryRequest", "Push", "ResourceCache", "SnapshotCache", "StreamStatus"]
+__all__ = ["LATENCY_BUCKETS", "AdsSession", "DiscoveryRequest", "Latency", "Push", "ResourceCache", "SnapshotCache",
+           "StreamStatus"]
 
 #: Types subscribed by wildcard; the others are requested by name. Secrets are by
 #: name, as in Envoy's SDS: a listener naming a new secret subscribes to it and is
@@ -29,14 +37,42 @@ _CHILD = {"clusters": "endpoints", "listeners": "routes"}
 
 _nonces = itertools.count(1)
 
+#: Upper bounds (seconds) of the push latency histogram: Istio's pilot_proxy_convergence_time
+#: buckets (0.1 s to 30 s) with finer ones below, where a loopback mesh converges.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0)
+
+
+@attrs.define
+class Latency:
+    """A histogram as plain numbers: `counts[i]` observations of at most ``LATENCY_BUCKETS[i]``
+    seconds (and above the one before); the last slot is for those above every bound."""
+
+    counts: list[int] = attrs.Factory(lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
 
 @attrs.define
 class StreamStatus:
-    """Per type, what one proxy was sent and what it accepted (proxy-status)."""
+    """Per type, what one proxy was sent and what it accepted (proxy-status), and its counters.
+
+    It outlives the proxy's streams (the cache keeps one per node), so the
+    counters only grow: `pushes` and `nacks` per type, `latency` of pushes
+    from the snapshot being stored (`changed_at`, monotonic, set by
+    :meth:`SnapshotCache.set`) or the proxy's request, whichever came later,
+    to the proxy's ACK.
+    """
 
     sent: dict[str, str] = attrs.Factory(dict)
     acked: dict[str, str] = attrs.Factory(dict)
     nacked: dict[str, str] = attrs.Factory(dict)  # type -> error detail of the last NACK
+    pushes: dict[str, int] = attrs.Factory(dict)
+    nacks: dict[str, int] = attrs.Factory(dict)
+    latency: Latency = attrs.Factory(Latency)
+    changed_at: float = 0.0
 
 
 class SnapshotCache:
@@ -54,6 +90,7 @@ class SnapshotCache:
         if old is not None and old.version == snapshot.version:
             return False
         self._snapshots[node_id] = snapshot
+        self.status.setdefault(node_id, StreamStatus()).changed_at = time.monotonic()
         return True
 
     def notify(self) -> None:
@@ -128,6 +165,8 @@ class AdsSession:
         self._nonce: dict[str, str] = {}
         self._names: dict[str, frozenset[str]] = {}
         self._pending: set[str] = set()  # types that owe a response
+        self._asked: dict[str, float] = {}  # type -> when the proxy last asked for a response (monotonic)
+        self._unacked: dict[str, float] = {}  # type -> latency start of the last push, until its ACK or NACK
 
     def on_request(self, req: DiscoveryRequest) -> str:
         """Account for a request; returns 'ack', 'nack', 'subscribe' or 'stale'.
@@ -143,18 +182,24 @@ class AdsSession:
         self._names[req.type] = names
         if not req.response_nonce:
             self._pending.add(req.type)
+            self._asked[req.type] = time.monotonic()
             if req.version_info:
                 self.status.acked[req.type] = req.version_info
             return "subscribe"
+        pushed = self._unacked.pop(req.type, None)
         if req.error_detail:
             self.status.nacked[req.type] = req.error_detail
+            self.status.nacks[req.type] = self.status.nacks.get(req.type, 0) + 1
             verdict = "nack"
         else:
             self.status.acked[req.type] = req.version_info
             self.status.nacked.pop(req.type, None)
+            if pushed is not None:
+                self.status.latency.observe(time.monotonic() - pushed)
             verdict = "ack"
         if changed_names or req.type in self._pending:
             self._pending.add(req.type)
+            self._asked[req.type] = time.monotonic()
             return "subscribe"
         return verdict
 
@@ -190,6 +235,8 @@ class AdsSession:
             self._nonce[type_key] = nonce
             self._pending.discard(type_key)
             self.status.sent[type_key] = push.version
+            self.status.pushes[type_key] = self.status.pushes.get(type_key, 0) + 1
+            self._unacked[type_key] = max(self.status.changed_at, self._asked.get(type_key, 0.0))
             if changed and type_key in _CHILD:
                 self._pending.add(_CHILD[type_key])
             (removals if removed and not changed else pushes).append(push)

@@ -250,22 +250,26 @@ class CertificateService:
                  trust_domain: str) -> None:
         self.ca, self.attest, self.trust_domain = ca, attest, trust_domain
         self.signed = 0
+        self.renewed = 0  # of `signed`, over mTLS with a current SVID
         self.refused = 0
+        self.refusals: dict[str, int] = {}  # gRPC status name -> refused requests
 
     def handlers(self) -> dict[str, tuple[Callable[..., Any], Cardinality]]:
         return {SIGN_METHOD: (self._handle, Cardinality.UNARY_UNARY)}
 
     async def _handle(self, stream: Any) -> None:
         request = await stream.recv_message()
-        peer = stream.peer.cert() if stream.peer is not None else None
+        peer = peer_spiffe_id(stream.peer.cert() if stream.peer is not None else None)
         try:
-            reply = self.sign(request if isinstance(request, dict) else {}, peer_spiffe_id(peer))
+            reply = self.sign(request if isinstance(request, dict) else {}, peer)
         except GRPCError as exc:
             self.refused += 1
+            self.refusals[exc.status.name] = self.refusals.get(exc.status.name, 0) + 1
             log.warning("certificate request refused", reason=exc.message, node=(request or {}).get("node")
                         if isinstance(request, dict) else None)
             raise
         self.signed += 1
+        self.renewed += peer is not None
         await stream.send_message(reply)
 
     def sign(self, request: dict, peer_id: str | None) -> dict:
