@@ -14,7 +14,8 @@ from knotwork.cli import UsageError
 from knotwork.model import MeshSettings
 from knotwork_local.commands import render_status, run_status
 from knotwork_local.launch import Launch, app_argv, app_env
-from knotwork_local.logs import log_files, run_logs
+from knotwork_local import logs
+from knotwork_local.logs import is_access_line, log_files, run_logs
 from knotwork_local.ports import plan_ports
 from knotwork_local.settings import LocalSettings, PortSettings, UpstreamSettings, WorkloadSettings
 from knotwork_local.state import write_state
@@ -44,7 +45,7 @@ def mesh_dir(tmp_path):
 
 
 def ns(**kw) -> argparse.Namespace:
-    return argparse.Namespace(**{"output": "table", "follow": False, "proxy": False, "hooks": None, **kw})
+    return argparse.Namespace(**{"output": "table", "follow": False, "proxy": False, "access": False, "hooks": None, **kw})
 
 
 def test_status_table_and_json(mesh_dir, capsys):
@@ -82,6 +83,45 @@ def test_logs_of_an_unknown_workload_name_the_known_ones(mesh_dir):
     with pytest.raises(UsageError, match="^unknown workload 'wbe'; known: web, control, ingress$"):
         run_logs(ns(mesh=str(mesh_dir), workload="wbe"))
     assert log_files("control", {}, mesh_dir) == [("control", mesh_dir / "control.log")]
+
+
+ACCESS = '{"log_type": "access", "method": "GET", "path": "/a", "response_code": 200}'
+PROXY_LOG = "\n".join([
+    '{"event": "proxy ready", "level": "info"}',  # the proxy's own JSON log line
+    ACCESS,
+    "log_type: access (not JSON)",
+    '{"log_type": "audit", "path": "/b"}',
+    '["log_type", "access"]',
+    "",
+])
+
+
+def test_logs_access_prints_only_the_access_lines_of_the_sidecar_logs(mesh_dir, capsys):
+    logs_dir = mesh_dir / ".knotwork" / "logs"
+    (logs_dir / "web-1.proxy.log").write_text(PROXY_LOG)
+    (logs_dir / "web-2.proxy.log").write_text(ACCESS.replace("/a", "/c") + "\n")
+    (logs_dir / "ingress.proxy.log").write_text(PROXY_LOG)
+    assert run_logs(ns(mesh=str(mesh_dir), workload="web", access=True)) == 0  # --proxy is implied
+    assert capsys.readouterr().out.splitlines() == [f"web-1 | {ACCESS}", f"web-2 | {ACCESS.replace('/a', '/c')}"]
+    assert run_logs(ns(mesh=str(mesh_dir), workload="ingress", access=True)) == 0
+    assert capsys.readouterr().out.splitlines() == [f"ingress | {ACCESS}"]
+    with pytest.raises(UsageError, match="^--access: the control plane has no access log"):
+        run_logs(ns(mesh=str(mesh_dir), workload="control", access=True))
+    assert [is_access_line(line) for line in PROXY_LOG.splitlines()] == [False, True, False, False, False]
+
+
+def test_logs_access_follows_new_lines(mesh_dir, capsys, monkeypatch):
+    log = mesh_dir / ".knotwork" / "logs" / "web-1.proxy.log"
+    log.write_text('{"event": "started"}\n' + ACCESS[:20])  # an access line half written
+    (mesh_dir / ".knotwork" / "logs" / "web-2.proxy.log").write_text("")
+    polls = iter([
+        lambda: log.write_text(log.read_text() + ACCESS[20:] + "\n{\"event\": \"x\"}\n"),  # the rest arrives
+        lambda: log.write_text(log.read_text() + ACCESS.replace("/a", "/d") + "\n"),
+        lambda: (_ for _ in ()).throw(KeyboardInterrupt),  # Ctrl-C
+    ])
+    monkeypatch.setattr(logs.time, "sleep", lambda seconds: next(polls)())
+    assert run_logs(ns(mesh=str(mesh_dir), workload="web", access=True, follow=True)) == 0
+    assert capsys.readouterr().out.splitlines() == [f"web-1 | {ACCESS}", f"web-1 | {ACCESS.replace('/a', '/d')}"]
 
 
 def test_app_argv_and_environment():

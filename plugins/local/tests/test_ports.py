@@ -26,8 +26,9 @@ def test_plan_has_every_role_and_distinct_free_ports():
     assert set(plan.instances["db-client-1"]) == {
         "admin", "http_proxy", "tcp:mysql.default.svc.example.org:3306", "tcp:cache.infra.svc.example.org:6379"}
     assert set(plan.gateway) == {"gateway:80", "gateway:443", "admin"}
-    ports = [plan.control, plan.ca, *plan.gateway.values(), *(p for i in plan.instances.values() for p in i.values())]
-    assert len(ports) == len(set(ports)) == 3 + 2 + 2 * 6 + 4
+    ports = [plan.control, plan.ca, plan.metrics, *plan.gateway.values(),
+             *(p for i in plan.instances.values() for p in i.values())]
+    assert len(ports) == len(set(ports)) == 3 + 3 + 2 * 6 + 4
     low, _ = ephemeral_range()
     assert all(p < low and port_is_free(p) for p in ports)
 

@@ -205,7 +205,9 @@ async def test_with_a_ca_every_proxy_spawn_gets_a_fresh_credential_in_its_enviro
 
             # argv: the control plane serves the CA; each proxy claims its identity there
             ca = f"127.0.0.1:{up.plan.ca}"
-            assert f"certificate service {ca}" in (state_dir / "logs" / "control.log").read_text()
+            assert f"certificate service {ca}, metrics 127.0.0.1:{up.plan.metrics}" in \
+                (state_dir / "logs" / "control.log").read_text()  # /metrics: where the state document says
+            assert up.document()["control"]["metrics_address"] == f"127.0.0.1:{up.plan.metrics}"
             side, gw = await get_json(web.ports["admin"], "/status"), await get_json(up.plan.gateway["admin"], "/status")
             assert side["argv"][-4:] == ["--ca", ca, "--identity", identity]
             assert gw["argv"][-4:] == ["--ca", ca, "--identity",

@@ -1,4 +1,4 @@
-"""`knotwork up` and `knotwork status` (and the records of every local command)."""
+"""`knotwork up` and `knotwork status` (and the records of every local command: `logs`, `prometheus-config`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from knotwork.cli import UsageError, configure_logging
 from knotwork.config import STATE_DIR, find_mesh_file, load_mesh, preflight
 from knotwork.records import CliCommand
 
-from . import logs
+from . import logs, prometheus
 from .ports import plan_ports
 from .settings import LocalSettings
 from .state import is_running, read_state, route_lines
@@ -203,4 +203,7 @@ COMMANDS = [
                configure=configure_status, run=run_status),
     CliCommand(name="logs", help="print (or follow) the logs of a workload's instances",
                configure=logs.configure_logs, run=logs.run_logs),
+    CliCommand(name="prometheus-config", help="print a Prometheus scrape configuration for the running mesh "
+               "(control plane /metrics, every proxy's /stats/prometheus)",
+               configure=prometheus.configure_prometheus, run=prometheus.run_prometheus),
 ]

@@ -1,10 +1,17 @@
-"""`knotwork logs WORKLOAD`: the log files of every instance, prefixed, optionally followed."""
+"""`knotwork logs WORKLOAD`: the log files of every instance, prefixed, optionally followed.
+
+With ``--access`` only the sidecars' access-log lines: the JSON objects whose
+``log_type`` is ``access`` (what the `access-log` telemetry sink writes, one per
+request or TCP connection), among the proxy's own log lines.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from knotwork.cli import UsageError
@@ -12,7 +19,7 @@ from knotwork.config import STATE_DIR, MeshError, find_mesh_file, load_mesh
 
 from .state import read_state
 
-__all__ = ["configure_logs", "log_files", "run_logs"]
+__all__ = ["configure_logs", "is_access_line", "log_files", "run_logs"]
 
 POLL = 0.2
 
@@ -22,6 +29,19 @@ def configure_logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh", metavar="DIR", help="mesh directory or file (default: the current directory)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until interrupted")
     p.add_argument("--proxy", action="store_true", help="the instances' sidecar logs instead of the apps'")
+    p.add_argument("--access", action="store_true",
+                   help="only the access-log lines (JSON, \"log_type\": \"access\") of the sidecar logs (implies --proxy)")
+
+
+def is_access_line(text: str) -> bool:
+    """True for one access-log line: a JSON object with ``"log_type": "access"``."""
+    if '"log_type"' not in text:  # most lines: no JSON parsing
+        return False
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("log_type") == "access"
 
 
 def _instances(args: argparse.Namespace, state_dir: Path) -> dict[str, list[str]]:
@@ -55,7 +75,7 @@ class _Tail:
     def __init__(self, prefix: str, path: Path) -> None:
         self.prefix, self.path, self.offset, self.partial = prefix, path, 0, b""
 
-    def lines(self, final: bool = False) -> list[str]:
+    def lines(self, final: bool = False, keep: Callable[[str], bool] | None = None) -> list[str]:
         try:
             with open(self.path, "rb") as f:
                 size = f.seek(0, 2)
@@ -71,16 +91,21 @@ class _Tail:
         if final and self.partial:
             chunks.append(self.partial)
             self.partial = b""
-        return [f"{self.prefix} | {c.decode(errors='replace')}" for c in chunks]
+        texts = (c.decode(errors="replace") for c in chunks)
+        return [f"{self.prefix} | {t}" for t in texts if keep is None or keep(t)]
 
 
 def run_logs(args: argparse.Namespace) -> int:
+    access = getattr(args, "access", False)
+    if access and args.workload == "control":
+        raise UsageError("--access: the control plane has no access log; name a workload or `ingress`")
+    keep = is_access_line if access else None
     state_dir = find_mesh_file(args.mesh).absolute().parent / STATE_DIR
-    files = log_files(args.workload, _instances(args, state_dir), state_dir / "logs", proxy=args.proxy)
+    files = log_files(args.workload, _instances(args, state_dir), state_dir / "logs", proxy=args.proxy or access)
     tails = [_Tail(prefix, path) for prefix, path in files]
     out = sys.stdout
     for tail in tails:
-        for line in tail.lines(final=not args.follow):
+        for line in tail.lines(final=not args.follow, keep=keep):
             out.write(line + "\n")
     out.flush()
     if not args.follow:
@@ -89,7 +114,7 @@ def run_logs(args: argparse.Namespace) -> int:
         while True:
             time.sleep(POLL)
             for tail in tails:
-                for line in tail.lines():
+                for line in tail.lines(keep=keep):
                     out.write(line + "\n")
             out.flush()
     except KeyboardInterrupt:

@@ -100,7 +100,7 @@ class PortPlan:
 
     `control` is the config distribution, `ca` the control plane's
     certificate service (listened on only when the mesh selects a
-    certificate authority). `instances[<instance>]` has ``admin``,
+    certificate authority), `metrics` its ``/metrics`` (HTTP). `instances[<instance>]` has ``admin``,
     ``http_proxy``, ``inbound:<p>`` and ``app:<p>`` per service port,
     ``tcp:<fqdn>:<port>`` per TCP upstream;
     `gateway` has ``gateway:80`` (the ingress), ``gateway:443`` (where a
@@ -111,6 +111,7 @@ class PortPlan:
     ca: int
     gateway: Mapping[str, int]
     instances: Mapping[str, Mapping[str, int]]
+    metrics: int = 0
 
     @property
     def ingress(self) -> int:
@@ -143,4 +144,4 @@ def plan_ports(settings: LocalSettings, *, domain: str = "cluster.local", ingres
             for u in w.upstreams:
                 ports[upstream_key(u.service, u.port, w.namespace, domain)] = alloc.take()
             instances[name] = ports
-    return PortPlan(control=control, ca=ca, gateway=gateway, instances=instances)
+    return PortPlan(control=control, ca=ca, gateway=gateway, instances=instances, metrics=alloc.take())

@@ -117,8 +117,9 @@ def route_lines(path: Path) -> list[int]:
 def document(*, generation: int, mesh_path: Path, up_pid: int | None, started: float, engine: str, plan: PortPlan,
              control: ProcStatus, gateway: ProcStatus, instances: list[InstanceStatus],
              workloads: list[dict[str, Any]], routes: list[dict[str, Any]], certificate_authority: str | None = None,
-             gateway_identity: str = "") -> dict[str, Any]:
-    """The whole state document; `certificate_authority` is the mesh's selection (None: plaintext mesh)."""
+             gateway_identity: str = "", root_namespace: str = "knotwork-system") -> dict[str, Any]:
+    """The whole state document; `certificate_authority` is the mesh's selection (None: plaintext mesh),
+    `root_namespace` the mesh's, where the control plane and the gateway run."""
     return {
         "schema": SCHEMA,
         "generation": generation,
@@ -126,9 +127,11 @@ def document(*, generation: int, mesh_path: Path, up_pid: int | None, started: f
         "up": {"pid": up_pid, "pid_start": proc_start(up_pid) if up_pid else None, "started": started, "engine": engine},
         "updated": time.time(),
         "control": {"address": f"127.0.0.1:{plan.control}", "certificate_authority": certificate_authority,
-                    "ca_address": f"127.0.0.1:{plan.ca}" if certificate_authority else None, **control.doc()},
+                    "ca_address": f"127.0.0.1:{plan.ca}" if certificate_authority else None,
+                    "metrics_address": f"127.0.0.1:{plan.metrics}" if plan.metrics else None,
+                    "namespace": root_namespace, **control.doc()},
         "ingress": {"url": f"http://127.0.0.1:{plan.ingress}/", "port": plan.ingress},
-        "gateway": {"node": "gateway~ingress", "identity": gateway_identity, **gateway.doc(),
+        "gateway": {"node": "gateway~ingress", "identity": gateway_identity, "namespace": root_namespace, **gateway.doc(),
                     "credential_sha256": gateway.credential_sha256, "ports": dict(plan.gateway)},
         "workloads": workloads,
         "routes": routes,

@@ -27,6 +27,7 @@ import attrs
 import structlog
 from anyio.abc import TaskStatus
 
+from knotwork.control import METRICS_LISTEN_ENV
 from knotwork.identity import CREDENTIAL_ENV
 from knotwork.model import Identity, MeshSettings
 
@@ -102,7 +103,8 @@ class Supervisor:
                               started=self.started, engine=self.engine, plan=self.plan, control=self.control,
                               gateway=self.gateway, instances=list(self.instances.values()),
                               workloads=self.workloads, routes=self.routes,
-                              certificate_authority=self.certificate_authority, gateway_identity=self.gateway_identity)
+                              certificate_authority=self.certificate_authority, gateway_identity=self.gateway_identity,
+                              root_namespace=self.mesh.root_namespace)
 
     def changed(self) -> None:
         self.generation += 1
@@ -163,7 +165,8 @@ class Supervisor:
         base = {**inherited, "PYTHONUNBUFFERED": "1"}
         ctl, launch = f"127.0.0.1:{self.plan.control}", attrs.evolve(self.launch, engine=self.engine)
         ca = f"127.0.0.1:{self.plan.ca}" if self.certificate_authority else None
-        tg.start_soon(self._supervise, "control", self.control, launch.control_argv(self.mesh_path, ctl, ca), base,
+        control_env = {**base, METRICS_LISTEN_ENV: f"127.0.0.1:{self.plan.metrics}"} if self.plan.metrics else base
+        tg.start_soon(self._supervise, "control", self.control, launch.control_argv(self.mesh_path, ctl, ca), control_env,
                       "control.log", None, lambda proc: self._watch_tcp(self.control, self.plan.control))
         with anyio.move_on_after(CONTROL_WAIT):
             await self.until(lambda: self.control.ready)

@@ -1,6 +1,7 @@
 """Stands in for `knotwork control`: listens on --listen and does nothing else."""
 
 import argparse
+import os
 import socket
 import time
 
@@ -12,6 +13,7 @@ parser.add_argument("--ca-listen")
 args = parser.parse_args()
 host, port = args.listen.rsplit(":", 1)
 server = socket.create_server((host, int(port)))
-print(f"fake control plane on {args.listen}, certificate service {args.ca_listen}", flush=True)
+print(f"fake control plane on {args.listen}, certificate service {args.ca_listen}, "
+      f"metrics {os.environ.get('KNOTWORK_METRICS_LISTEN')}", flush=True)
 while True:
     time.sleep(60)
