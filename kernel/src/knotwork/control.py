@@ -345,7 +345,6 @@ class ControlPlane:
             task_status.started()
             await anyio.sleep_forever()
 
-
     # -- metrics (HTTP) -----------------------------------------------------
     async def _serve_metrics(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """``GET /metrics`` on `metrics_listen`: this control plane's registry, Prometheus text (or
@@ -387,26 +386,26 @@ class ControlMetrics:
     counters the control plane, its :class:`~knotwork.distribution.SnapshotCache` (each node's
     :class:`~knotwork.distribution.StreamStatus`) and its certificate service keep.
 
-    ======================================================  =========  =====================================  ==============================================
-    metric                                                  type       labels                                 Istio's nearest
-    ======================================================  =========  =====================================  ==============================================
-    ``knotwork_control_connected_proxies``                  gauge      engine, type (sidecar, gateway)        ``pilot_xds``
-    ``knotwork_control_pushes_total``                       counter    type (clusters, endpoints, listeners,  ``pilot_xds_pushes`` (type cds, eds, lds,
-                                                                       routes, secrets)                       rds, sds)
-    ``knotwork_control_push_latency_seconds``               histogram  —                                      ``pilot_proxy_convergence_time``
-    ``knotwork_control_nacks_total``                        counter    type                                   ``pilot_total_xds_rejects``
-    ``knotwork_control_config_rejections_total``            counter    source                                 ``galley_validation_failed``
-    ``knotwork_control_compile_errors_total``               counter    —                                      ``pilot_total_xds_internal_errors``
-    ``knotwork_control_config_publishes_total``             counter    —                                      ``pilot_push_triggers``
-    ``knotwork_control_certificates_issued_total``          counter    kind (bootstrap, renewal)              ``citadel_server_success_cert_issue_count``
-    ``knotwork_control_certificate_refusals_total``         counter    reason (gRPC status)                   ``citadel_server_csr_parsing_err_count``,
-                                                                                                              ``citadel_server_authentication_failure_count``
-    ``knotwork_control_platform_snapshots_total``           counter    source                                 —
-    ``knotwork_control_registry_events_total``              counter    type (services, endpoints, configs),   ``pilot_k8s_reg_events``, ``pilot_k8s_cfg_events``
-                                                                       event (add, update, delete)
-    ``knotwork_control_services``                           gauge      —                                      ``pilot_services``
-    ``knotwork_control_endpoints``                          gauge      —                                      —
-    ======================================================  =========  =====================================  ==============================================
+    ===============================================  =========  ===============================  ===============================================
+    metric                                           type       labels                           Istio's nearest
+    ===============================================  =========  ===============================  ===============================================
+    ``knotwork_control_connected_proxies``           gauge      engine, type (sidecar, gateway)  ``pilot_xds``
+    ``knotwork_control_pushes_total``                counter    type (clusters, endpoints, …)    ``pilot_xds_pushes`` (type cds, eds, …)
+    ``knotwork_control_push_latency_seconds``        histogram  —                                ``pilot_proxy_convergence_time``
+    ``knotwork_control_nacks_total``                 counter    type                             ``pilot_total_xds_rejects``
+    ``knotwork_control_config_rejections_total``     counter    source                           ``galley_validation_failed``
+    ``knotwork_control_compile_errors_total``        counter    —                                ``pilot_total_xds_internal_errors``
+    ``knotwork_control_config_publishes_total``      counter    —                                ``pilot_push_triggers``
+    ``knotwork_control_certificates_issued_total``   counter    kind (bootstrap, renewal)        ``citadel_server_success_cert_issue_count``
+    ``knotwork_control_certificate_refusals_total``  counter    reason (gRPC status name)        ``citadel_server_csr_parsing_err_count``,
+                                                                                                 ``citadel_server_authentication_failure_count``
+    ``knotwork_control_platform_snapshots_total``    counter    source                           —
+    ``knotwork_control_registry_events_total``       counter    type (services, endpoints,       ``pilot_k8s_reg_events``,
+                                                                configs), event (add,            ``pilot_k8s_cfg_events``
+                                                                update, delete)
+    ``knotwork_control_services``                    gauge      —                                ``pilot_services``
+    ``knotwork_control_endpoints``                   gauge      —                                —
+    ===============================================  =========  ===============================  ===============================================
 
     Push latency: from a proxy's new snapshot being stored after its compile (or
     the proxy's request for a type, when that came later, as on connect) to the
