@@ -155,7 +155,8 @@ def test_auto_mtls_picks_the_socket_by_endpoint_metadata() -> None:
     to_message("clusters", out)
     eps = EndpointSet("c", (LbEndpoint("127.0.0.1", 1, identity=REVIEWS), LbEndpoint("127.0.0.1", 2)))
     first, second = translate("endpoints", eps)["endpoints"][0]["lb_endpoints"]
-    assert first["metadata"] == {"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}}
+    assert first["metadata"]["filter_metadata"]["envoy.transport_socket_match"] == {"tlsMode": "istio"}
+    assert first["metadata"]["filter_metadata"]["knotwork"]["principal"] == REVIEWS  # telemetry's destination
     assert "metadata" not in second
     config = translate("endpoints", eps)
     assert encode_cluster_load_assignment(config) == bytes(to_message("endpoints", config))  # the fast path too

@@ -320,7 +320,7 @@ async def test_admin_endpoint() -> None:
             listeners = next(c for c in dump["configs"] if c["@type"].endswith("ListenersConfigDump"))
             assert listeners["dynamic_listeners"][0]["name"] == "in"
             status, body = await request(admin, "GET", "/stats?filter=^cluster_manager.active_clusters$")
-            assert (status, body) == (200, b"cluster_manager.active_clusters: 2\n")
+            assert (status, body) == (200, b"cluster_manager.active_clusters: 3\n")  # + knotwork_xds, knotwork_traces
             assert (await request(admin, "GET", "/nope"))[0] == 404
             assert (await request(admin, "GET", "/drain"))[0] == 405
             assert await request(admin, "POST", "/drain") == (202, b"draining\n")

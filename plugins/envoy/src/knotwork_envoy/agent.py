@@ -16,6 +16,14 @@ With a workload identity the agent also serves Envoy's mesh secrets over
 SDS (:class:`~knotwork_envoy.sds.SecretServer`) on a unix socket in a
 private (0700) temporary directory, for as long as :meth:`EnvoyAgent.secret_service`
 is entered; the bootstrap then points the control channel's mTLS at it.
+In the same block the agent runs its trace collector
+(:class:`~knotwork_envoy.traces.TraceCollector`) on a socket there, which
+the bootstrap names as the Zipkin collector.
+
+Envoy's stdout is a pipe: its access-log lines feed the telemetry sinks
+(:mod:`knotwork_envoy.telemetry`), anything else goes to the agent's
+stderr. Envoy writes its log files every :data:`FILE_FLUSH_MS` (its default
+is 10 s), so a request shows in the metrics within a fraction of a second.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from .bootstrap import bootstrap
 from .httpio import request
 from .sds import SecretServer
 from .settings import EnvoySettings
+from .telemetry import AccessLogSinks, pump
+from .traces import TraceCollector
 
 __all__ = ["EnvoyAgent", "control_identity", "envoy_binary"]
 
@@ -60,6 +70,10 @@ STATS_FILTER = (r"^(server\.state|control_plane\.connected_state"
 _STAT_LINE = re.compile(r"^([^:\s]+): (\d+)$", re.M)
 POLL_STARTING = 0.01
 POLL_READY = 0.25
+#: How often Envoy writes out its access logs (``--file-flush-interval-msec``).
+FILE_FLUSH_MS = 100
+#: The longest stdout line the agent reads as one access-log line.
+LINE_LIMIT = 1 << 20
 
 
 def envoy_binary(settings: EnvoySettings) -> str:
@@ -115,6 +129,11 @@ class EnvoyAgent:
         #: The mesh secrets Envoy gets over SDS (with a workload identity), and where they are served.
         self.secrets = SecretServer() if secrets else None
         self.sds_path: Path | None = None
+        #: The telemetry sinks Envoy's access-log lines feed, and the trace collector (and its socket).
+        self.telemetry = AccessLogSinks(ctx.strategies.get("telemetry", {}), ctx.strategy_settings)
+        self.traces = TraceCollector()
+        self.traces_path: Path | None = None
+        self._reader: asyncio.Future[None] | None = None
         self.binary = envoy_binary(settings)
         if ctx.state_dir is not None:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ctx.node_id)
@@ -142,16 +161,17 @@ class EnvoyAgent:
 
     @contextlib.asynccontextmanager
     async def secret_service(self) -> AsyncIterator[None]:
-        """Serve the mesh secrets (if any) on a private unix socket for the block."""
-        if self.secrets is None:
-            yield
-            return
+        """Serve the mesh secrets (if any) and the trace collector on private unix sockets for the block."""
         directory = Path(tempfile.mkdtemp(prefix="knotwork-sds-"))  # 0700, short enough for a socket path
         try:
-            async with self.secrets.serving(directory / "sds.sock") as self.sds_path:
-                yield
+            async with self.traces.serving(directory / "traces.sock") as self.traces_path:
+                if self.secrets is None:
+                    yield
+                    return
+                async with self.secrets.serving(directory / "sds.sock") as self.sds_path:
+                    yield
         finally:
-            self.sds_path = None
+            self.sds_path = self.traces_path = None
             shutil.rmtree(directory, ignore_errors=True)
 
     # ── process ──────────────────────────────────────────────────────────
@@ -164,6 +184,7 @@ class EnvoyAgent:
             "--drain-time-s", str(drain), "--drain-strategy", "immediate",
             "--log-level", self.settings.log_level,
             "--admin-address-path", str(self.admin_path),
+            "--file-flush-interval-msec", str(FILE_FLUSH_MS),
         ]
 
     async def start(self) -> asyncio.subprocess.Process:
@@ -173,14 +194,15 @@ class EnvoyAgent:
             raise RuntimeError("envoy needs its secrets: enter secret_service() first")
         config = bootstrap(self.ctx.node_id, self.ctx.control_address, engine_version=__version__,
                            sds_path=None if self.sds_path is None else str(self.sds_path),
-                           control_identity=control_identity(self.ctx) if self.secrets is not None else None)
+                           control_identity=control_identity(self.ctx) if self.secrets is not None else None,
+                           traces_path=None if self.traces_path is None else str(self.traces_path))
         self.bootstrap_path.write_text(json.dumps(config, indent=1))
         self.admin_path.unlink(missing_ok=True)
         self.admin_port = None
         self.live = self.ready = False
         self.started_at = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=2, stderr=None,
+            *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=None, limit=LINE_LIMIT,
             preexec_fn=_die_with_parent(os.getpid()), start_new_session=True, close_fds=True,
         )
         self.starts += 1
@@ -193,10 +215,15 @@ class EnvoyAgent:
         while True:
             proc = await self.start()
             watcher = asyncio.ensure_future(self._watch())
+            assert proc.stdout is not None
+            self._reader = reader = asyncio.ensure_future(pump(proc.stdout, self.telemetry))
             try:
                 code = await proc.wait()
+                await self._last_lines()
             finally:
                 watcher.cancel()
+                if proc.returncode is not None:  # else stop() reads the lines of the drain, then ends it
+                    reader.cancel()
             self.last_exit = code
             self.live = self.ready = False
             if self.stopping:
@@ -205,6 +232,14 @@ class EnvoyAgent:
             backoff = 0.1 if lived > 10 else min(backoff * 2, 5.0)
             log.error("envoy exited; restarting", code=code, seconds_alive=round(lived, 3), restart_in=backoff)
             await asyncio.sleep(backoff)
+
+    async def _last_lines(self) -> None:
+        """Let the reader take the lines an exited Envoy wrote last (1 s at most)."""
+        reader = self._reader
+        if reader is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(reader), 1.0)
+            reader.cancel()
 
     async def _watch(self) -> None:
         while self.admin_port is None:
@@ -238,7 +273,8 @@ class EnvoyAgent:
             return self.stats
         stats = self.stats = parse_stats(body.decode())
         self.live = stats.get("server.state") == 0
-        static = 1 if self.secrets is None else 2  # the xDS server's cluster (and sds-grpc): not the mesh's
+        # the xDS server's cluster (and sds-grpc, knotwork_traces): not the mesh's
+        static = 1 + (self.secrets is not None) + (self.traces_path is not None)
         self.clusters = max(0, stats.get("cluster_manager.active_clusters", static) - static)
         configured = stats.get("listener_manager.lds.update_success", 0) > 0 and stats.get("cluster_manager.cds.update_success", 0) > 0
         if self.live and configured:
@@ -314,6 +350,7 @@ class EnvoyAgent:
                     proc.kill()
                     await proc.wait()
                 log.info("envoy stopped", code=proc.returncode)
+                await self._last_lines()
         finally:
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)

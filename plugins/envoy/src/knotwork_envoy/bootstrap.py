@@ -14,6 +14,12 @@ SVID (secret ``default``), verifies the control plane with the trust bundle
 (``ROOTCA``) and accepts it when its certificate names `control_identity`
 (URI SAN) or the control address's host (IP or DNS SAN, as the native
 engine's host name check does); ALPN ``h2``.
+
+With `traces_path` the bootstrap has the static cluster ``knotwork_traces``
+to the agent's trace collector (HTTP/1.1 on a unix socket, see
+:mod:`.traces`), which connection managers with tracing name as their Zipkin
+collector, and a runtime layer that has Envoy's Zipkin tracer post its spans
+every :data:`TRACE_FLUSH_MS` (Envoy: 5 s).
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ from typing import Any
 from .httpio import parse_address
 from .sds import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER, mesh_secret
 
-__all__ = ["XDS_CLUSTER", "bootstrap", "control_channel_tls", "sds_cluster"]
+#: The collector cluster connection managers' Zipkin tracers name (see translate.observe).
+TRACES_CLUSTER = "knotwork_traces"
+#: How often Envoy's Zipkin tracer posts its buffered spans to the agent.
+TRACE_FLUSH_MS = 1000
+
+__all__ = ["TRACES_CLUSTER", "XDS_CLUSTER", "bootstrap", "control_channel_tls", "sds_cluster", "traces_cluster"]
 
 XDS_CLUSTER = "knotwork_xds"
 _CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
@@ -59,6 +70,18 @@ def sds_cluster(path: str) -> dict[str, Any]:
     }
 
 
+def traces_cluster(path: str) -> dict[str, Any]:
+    """The static cluster of the agent's trace collector: HTTP/1.1 on the unix socket `path`."""
+    return {
+        "name": TRACES_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": TRACES_CLUSTER, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"pipe": {"path": path}}}},
+        ]}]},
+    }
+
+
 def control_channel_tls(host: str, control_identity: str | None) -> dict[str, Any]:
     """The xDS cluster's mTLS transport socket (see the module docstring)."""
     names = [{"san_type": "IP_ADDRESS" if _is_ip(host) else "DNS", "matcher": {"exact": host}}]
@@ -82,11 +105,13 @@ def control_channel_tls(host: str, control_identity: str | None) -> dict[str, An
 
 
 def bootstrap(node_id: str, control_address: str, *, cluster: str = "knotwork", engine_version: str = "",
-              sds_path: str | None = None, control_identity: str | None = None) -> dict[str, Any]:
+              sds_path: str | None = None, control_identity: str | None = None,
+              traces_path: str | None = None) -> dict[str, Any]:
     """The bootstrap (JSON, which Envoy reads as YAML) of one sidecar or gateway.
 
     `sds_path`: the agent's SDS socket (the proxy has a workload identity: mTLS to
     the control plane, whose SVID names `control_identity`); None: plaintext.
+    `traces_path`: the agent's trace collector socket (None: no tracing).
     """
     host, port = parse_address(control_address)
     ads = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
@@ -103,6 +128,13 @@ def bootstrap(node_id: str, control_address: str, *, cluster: str = "knotwork", 
     if sds_path is not None:
         xds["transport_socket"] = control_channel_tls(host, control_identity)
         clusters.insert(0, sds_cluster(sds_path))  # defined before the clusters whose TLS needs it
+    extra: dict[str, Any] = {}
+    if traces_path is not None:
+        clusters.append(traces_cluster(traces_path))
+        extra["layered_runtime"] = {"layers": [
+            {"name": "knotwork", "static_layer": {"tracing.zipkin.flush_interval_ms": TRACE_FLUSH_MS}},
+            {"name": "admin", "admin_layer": {}},
+        ]}
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": {"knotwork_engine": "envoy", "knotwork_version": engine_version}},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -125,4 +157,5 @@ def bootstrap(node_id: str, control_address: str, *, cluster: str = "knotwork", 
             "typed_config": {"@type": _CONNECTIONS, "max_active_downstream_connections": MAX_CONNECTIONS},
         }]},
         "static_resources": {"clusters": clusters},
+        **extra,
     }

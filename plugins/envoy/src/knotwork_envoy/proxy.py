@@ -9,6 +9,9 @@ same admin endpoint as a native proxy on ``127.0.0.1:<admin-port>``:
 - ``GET /config_dump``, ``/stats``, ``/clusters``, ``/listeners`` → Envoy's
   own admin answers (query strings passed on; a bare ``/config_dump``
   includes the endpoints, as a native proxy's does);
+- ``GET /stats/prometheus`` → the agent's Prometheus registry (the metrics
+  the telemetry sinks keep, fed from Envoy's access log) followed by Envoy's
+  own ``/stats/prometheus``;
 - ``GET /identity`` → JSON: the workload identity's status (SPIFFE ID,
   serial, validity, chain, renewals, last error); 404 ``{"identity": null}``
   without one;
@@ -37,6 +40,7 @@ from .settings import EnvoySettings
 __all__ = ["EnvoyProxy"]
 
 log = structlog.get_logger("knotwork.envoy.proxy").bind(plugin="envoy")
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 PASSED_ON = frozenset({"/config_dump", "/stats", "/clusters", "/listeners", "/server_info", "/memory", "/certs"})
 
 
@@ -78,6 +82,8 @@ class EnvoyProxy:
             if self.agent.admin_port is not None:
                 await self.agent.sample()
             return json_reply(200, self.status())
+        if path == "/stats/prometheus":
+            return await self.prometheus(query)
         if path in PASSED_ON:
             if target == "/config_dump":
                 target += "?include_eds"  # endpoints too, as a native proxy's dump has them
@@ -87,7 +93,24 @@ class EnvoyProxy:
                 return text_reply(503, f"envoy's admin API is not answering: {exc!r}\n")
             ctype = "application/json" if body[:1] in (b"{", b"[") else "text/plain"
             return status, body, ctype
-        return text_reply(404, f"admin endpoints: /ready /status /identity /drain {' '.join(sorted(PASSED_ON))}\n")
+        return text_reply(404, f"admin endpoints: /ready /status /identity /drain /stats/prometheus "
+                               f"{' '.join(sorted(PASSED_ON))}\n")
+
+    async def prometheus(self, query: str) -> Reply:
+        """The agent's registry (the sinks' metrics), then Envoy's own stats, in Prometheus text."""
+        from prometheus_client import REGISTRY, generate_latest
+
+        ours = generate_latest(REGISTRY)
+        try:
+            status, envoy = await self.agent.admin("GET", "/stats/prometheus" + (f"?{query}" if query else ""), timeout=5.0)
+        except (OSError, TimeoutError) as exc:
+            log.debug("envoy's prometheus stats not available", error=repr(exc))
+            status, envoy = 503, b""
+        if status != 200:
+            envoy = b""
+        if ours and not ours.endswith(b"\n"):
+            ours += b"\n"
+        return 200, ours + envoy, PROMETHEUS
 
     async def _run_envoy(self) -> None:
         """Get the first SVID (with an identity), then run Envoy."""

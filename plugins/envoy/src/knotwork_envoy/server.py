@@ -19,13 +19,17 @@ With a certificate authority the control plane passes ``options["ssl"]``
 server then serves TLS only, and a stream whose first request names a node
 its client's SVID may not stream is ended with ``PERMISSION_DENIED`` and the
 reason (no node-id spoofing).
+
+Listener telemetry sinks run in the sidecar agent, fed from Envoy's access
+log (see :mod:`knotwork_envoy.telemetry`); with ``options["telemetry_strategies"]``
+(name → Strategy) the server warns about sinks that do not support Envoy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -116,6 +120,8 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
         self.options = TranslateOptions(server_name=settings.server_name, system_roots=settings.system_roots)
         self.ssl = ctx.options.get("ssl")
         self.authorize = ctx.options.get("authorize")
+        #: the installed telemetry strategies (name → Strategy), when the control plane passes them
+        self.telemetry: Mapping[str, Any] = ctx.options.get("telemetry_strategies") or {}
         self.refused = 0
         self.encoded = ResourceCache()
         self.address: tuple[str, int] | None = None
@@ -147,9 +153,17 @@ class EnvoyServer(AggregatedDiscoveryServiceBase):
             return None
         self.errors.pop((type_key, name), None)
         if type_key == "listeners" and resource.telemetry:
-            log.warning("listener telemetry strategies do not run in Envoy; ignored", name=name,
-                        telemetry=list(resource.telemetry))
+            foreign = [s for s in resource.telemetry if not self._runs_on_envoy(s)]
+            if foreign:
+                log.warning("listener telemetry strategies that do not support Envoy; ignored", name=name,
+                            telemetry=foreign)
         return packed
+
+    def _runs_on_envoy(self, sink: str) -> bool:
+        """Whether the telemetry strategy `sink` runs for Envoy (in the agent); unknown: assume so,
+        the agent skips and reports what it cannot run."""
+        record = self.telemetry.get(sink)
+        return record is None or "envoy" in record.engines
 
     def response(self, push: Push, snap: ProxySnapshot) -> DiscoveryResponse:
         """The DiscoveryResponse of one planned push: the type's whole subscribed set."""

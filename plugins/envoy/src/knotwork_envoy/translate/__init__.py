@@ -12,12 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import betterproto2
 
 # The typed configs nested in resources must be importable for Any to (un)pack them.
+import envoy_data_plane.envoy.config.trace.v3  # noqa: F401
+import envoy_data_plane.envoy.extensions.access_loggers.file.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.clusters.dynamic_forward_proxy.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.cors.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.dynamic_forward_proxy.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.fault.v3  # noqa: F401
+import envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.router.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.listener.tls_inspector.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3  # noqa: F401
@@ -30,8 +34,10 @@ from envoy_data_plane.envoy.config.cluster.v3 import Cluster
 from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment
 from envoy_data_plane.envoy.config.listener.v3 import Listener
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
+from envoy_data_plane.envoy.config.trace.v3 import ZipkinConfig
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import Secret
 from envoy_data_plane.google.protobuf import Any as AnyMessage
+from envoy_data_plane.message_pool import default_message_pool
 
 from .clusters import cluster, cluster_load_assignment, secret
 from .common import TranslationError
@@ -66,6 +72,30 @@ TYPE_URLS: dict[str, str] = {
     "routes": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
 }
 TYPE_KEYS: dict[str, str] = {url: key for key, url in TYPE_URLS.items()}
+
+
+class _ZipkinConfig:
+    """Stands for ``ZipkinConfig`` in the API types' message pool, so that an ``Any`` of one
+    takes ``trace_id_128bit``: betterproto2 turns any spelling of that field into
+    ``trace_id_128_bit`` and refuses it. Parsing and printing are ZipkinConfig's own."""
+
+    to_dict = betterproto2.Message.to_dict  # (Any checks that the type prints as a plain message)
+
+    @staticmethod
+    def from_dict(value: Any, *, ignore_unknown_fields: bool = False) -> ZipkinConfig:
+        value = dict(value)
+        bits128 = bool(value.pop("trace_id_128bit", False))
+        message = ZipkinConfig.from_dict(value, ignore_unknown_fields=ignore_unknown_fields)
+        message.trace_id_128bit = bits128
+        return message
+
+    @staticmethod
+    def parse(data: bytes) -> ZipkinConfig:
+        return ZipkinConfig.parse(data)
+
+
+# An Any of a ZipkinConfig (a connection manager's tracer) is built through the class above.
+default_message_pool.url_to_type["type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"] = _ZipkinConfig
 
 
 @attrs.frozen

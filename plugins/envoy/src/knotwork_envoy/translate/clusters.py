@@ -29,6 +29,7 @@ from typing import Any
 from knotwork.proxyconfig import RESOLUTIONS, Cluster, EndpointSet, Secret
 
 from .common import ADS, TranslationError, duration, socket_address, typed
+from .observe import peer_metadata
 from .tls import TLS_MODE_ISTIO, custom_verification, upstream_tls
 
 __all__ = ["DFP_FILTER", "DNS_CACHE", "LB_POLICIES", "cluster", "cluster_load_assignment", "secret"]
@@ -113,8 +114,14 @@ def cluster_load_assignment(e: EndpointSet, cluster_name: str | None = None) -> 
         if ep.instance:
             endpoint["hostname"] = ep.instance
         lb: dict[str, Any] = {"endpoint": endpoint, "health_status": "HEALTHY" if ep.healthy else "UNHEALTHY"}
+        filter_metadata: dict[str, Any] = {}
         if ep.identity:  # a peer with a sidecar: auto-mTLS clusters use mTLS to it
-            lb["metadata"] = {"filter_metadata": TLS_MODE_ISTIO}
+            filter_metadata.update(TLS_MODE_ISTIO)
+        peer = peer_metadata(ep)
+        if peer is not None:  # the workload telemetry reports as the request's destination
+            filter_metadata["knotwork"] = peer
+        if filter_metadata:
+            lb["metadata"] = {"filter_metadata": filter_metadata}
         lb["load_balancing_weight"] = max(1, ep.weight)
         lb_endpoints.append(lb)
     out: dict[str, Any] = {"cluster_name": cluster_name or e.name}

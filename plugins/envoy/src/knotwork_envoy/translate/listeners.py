@@ -44,6 +44,7 @@ from knotwork.proxyconfig import PEER_MODES, Listener, ServerTls
 
 from .clusters import DFP_FILTER, DNS_CACHE
 from .common import ADS, TranslationError, socket_address, stat_name, typed
+from .observe import access_logs, http_tracing, peer_filter
 from .replies import local_reply_config
 from .tls import DOWNSTREAM_TLS, mesh_downstream_tls
 
@@ -121,6 +122,15 @@ def http_connection_manager(lis: Listener, server_name: str = "knotwork", *, mtl
     if lis.mode in PASSTHROUGH_MODES:  # before the router: resolves the host of passthrough clusters only
         config["http_filters"].insert(-1, {"name": "envoy.filters.http.dynamic_forward_proxy",
                                            "typed_config": typed(DFP_FILTER, dns_cache_config=DNS_CACHE)})
+    peer = peer_filter(lis)
+    if peer is not None:  # first: this proxy's workload, whatever the app sent
+        config["http_filters"].insert(0, peer)
+    logs = access_logs(lis)
+    if logs:
+        config["access_log"] = logs
+    tracing = http_tracing(lis)
+    if tracing is not None:
+        config["tracing"] = tracing
     if server_name:
         config["server_name"] = server_name
         config["server_header_transformation"] = "APPEND_IF_ABSENT"
@@ -164,6 +174,10 @@ def _network_filter(lis: Listener, server_name: str, mtls: bool = False) -> dict
             {"name": w.cluster, "weight": w.weight} for w in lis.weighted_clusters]}}
     else:
         target = {"cluster": lis.cluster}
+    logs = access_logs(lis)
+    if logs:  # a line when the upstream connects (tcp_opened) and one at close (tcp_closed)
+        target["access_log"] = logs
+        target["access_log_options"] = {"flush_access_log_on_connected": True}
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": typed(
         TCP_PROXY, stat_prefix=stat_name(lis.name), max_connect_attempts=TCP_CONNECT_ATTEMPTS, **target)}
 
