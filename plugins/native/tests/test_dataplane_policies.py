@@ -86,11 +86,11 @@ async def test_fault_delay_then_forward_and_delay_plus_abort() -> None:
         assert "x-knotwork-response-flags" not in resp.headers  # DI is for logs only
         t0 = time.monotonic()
         resp = await client.request(path="/both")
-        assert (resp.status, resp.headers["x-knotwork-response-flags"]) == (429, "FI")
+        assert (resp.status, resp.headers["x-knotwork-response-flags"]) == (429, "DI,FI")  # as Envoy: both faults
         assert time.monotonic() - t0 >= 0.09
         await client.aclose()
         assert [r.path for r in app.requests] == ["/x"]
-        assert dp.status()["response_flags"] == {"DI": 1, "FI": 1}
+        assert dp.status()["response_flags"] == {"DI": 2, "FI": 1}
 
 
 async def test_fault_percentages_are_sampled_per_request(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,9 @@ A tiny HTTP/1.1 server on loopback, off the request path:
 - ``GET /status`` → JSON: the data plane's status and the caller's extras;
 - ``GET /config_dump`` → JSON of the applied resources, by type and name;
 - ``GET /stats`` → plain-text counters, one ``name value`` per line;
+- ``GET /stats/prometheus`` → the Prometheus text format: the process's
+  ``prometheus_client`` registry (what telemetry sinks collect) and the
+  engine's counters as ``knotwork_proxy_*``;
 - ``GET /identity`` → JSON: the workload identity's status (SPIFFE ID, serial,
   validity, chain, renewals, last error; ``knotwork certs`` reads it), 404
   ``{"identity": null}`` when the proxy has none;
@@ -22,11 +25,14 @@ from typing import Any
 import httptools
 from knotwork.proxyconfig import wire
 
+from . import prometheus
+
 __all__ = ["AdminServer"]
 
 
 def _response(status: int, body: bytes, content_type: str = "text/plain") -> bytes:
-    reason = {200: b"OK", 202: b"Accepted", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}
+    reason = {200: b"OK", 202: b"Accepted", 404: b"Not Found", 405: b"Method Not Allowed", 500: b"Internal Server Error",
+              503: b"Service Unavailable"}
     return b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nserver: knotwork\r\n\r\n%s" % (
         status, reason.get(status, b"Unknown"), content_type.encode(), len(body), body,
     )
@@ -132,8 +138,10 @@ class AdminServer:
             return _response(200, json.dumps(dump, indent=1, default=str).encode(), "application/json")
         if path == "/stats":
             return _response(200, dp.stats_text().encode())
+        if path == "/stats/prometheus":
+            return _response(200, prometheus.render(dp), prometheus.CONTENT_TYPE)
         if path == "/identity":
             if self.identity is None:
                 return _response(404, b'{"identity": null}\n', "application/json")
             return _response(200, json.dumps(self.identity.status(), indent=1, default=str).encode(), "application/json")
-        return _response(404, b"admin endpoints: /ready /status /config_dump /stats /identity /drain\n")
+        return _response(404, b"admin endpoints: /ready /status /config_dump /stats /stats/prometheus /identity /drain\n")

@@ -15,6 +15,7 @@ from typing import Any
 from knotwork.records import ProxyContext
 
 from .http1 import DownstreamProtocol
+from . import tracing
 from .inbound_tls import MeshAcceptor
 from .mesh_tls import MeshIdentity
 from .runtime import ListenerRuntime, Runtime, Shared, install_event_loop
@@ -244,6 +245,7 @@ class DataPlane:
         self._retired = []
         self.pools.close()
         await asyncio.sleep(0)  # let transports run their close callbacks
+        await tracing.shutdown()  # spans recorded so far are exported (off the event loop, bounded)
 
     # ── introspection ────────────────────────────────────────────────────
     def status(self) -> dict[str, Any]:

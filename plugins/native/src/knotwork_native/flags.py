@@ -12,11 +12,13 @@ from http import HTTPStatus
 
 __all__ = [
     "DC",
+    "DF",
     "DI",
     "DPE",
     "FI",
     "LR",
     "MEANINGS",
+    "NC",
     "NONE",
     "NR",
     "UC",
@@ -34,6 +36,8 @@ __all__ = [
 
 NONE = "-"
 NR = "NR"
+NC = "NC"
+DF = "DF"
 UH = "UH"
 UF = "UF"
 UT = "UT"
@@ -51,6 +55,8 @@ FI = "FI"
 #: Flag code → meaning, as in Envoy's access-log documentation.
 MEANINGS: dict[str, str] = {
     NR: "no route configured for the request (404), or unknown host on the HTTP proxy (502)",
+    NC: "the route names a cluster that is not configured (503)",
+    DF: "the upstream's name did not resolve (DNS resolution failure, 503)",
     UH: "no healthy upstream host in the cluster (503)",
     UF: "upstream connection failure (503)",
     UT: "upstream request timeout (504)",
@@ -62,8 +68,8 @@ MEANINGS: dict[str, str] = {
     DC: "downstream connection termination before the response was complete",
     DPE: "downstream protocol error: the request could not be parsed (400)",
     LR: "connection local reset (reserved)",
-    DI: "request delayed by fault injection (reserved)",
-    FI: "request aborted by fault injection (reserved)",
+    DI: "request delayed by fault injection",
+    FI: "request aborted by fault injection",
 }
 
 

@@ -45,13 +45,15 @@ new_request_id: Any = _request_ids().__next__
 
 
 # header name (lower-case) → handling code while parsing
-_HOST, _CONN, _DROP, _TE, _XFF, _XFP, _RID, _EXPECT = range(8)
+_HOST, _CONN, _DROP, _TE, _XFF, _XFP, _RID, _EXPECT, _PEER = range(9)
 _SPECIAL = {
     b"host": _HOST, b"connection": _CONN, b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP,
     b"trailer": _DROP, b"upgrade": _DROP, b"proxy-authorization": _DROP, b"transfer-encoding": _TE,
     b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP, b"x-request-id": _RID, b"expect": _EXPECT,
     # never taken from a client (Envoy's SANITIZE / Istio's SANITIZE_SET): an mTLS inbound connection sets its own
     b"x-forwarded-client-cert": _DROP,
+    # a client sidecar says who is calling (its listener's peer line): an app's own value never passes
+    b"x-knotwork-peer": _PEER,
 }
 _CONN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -222,6 +224,9 @@ class DownstreamProtocol(asyncio.Protocol):
             if value.lower() == b"100-continue":
                 self.expect = True
             else:
+                self.parts += (n, b": ", value, b"\r\n")
+        elif code == _PEER:
+            if not self.slot.rt.peer_line:
                 self.parts += (n, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:

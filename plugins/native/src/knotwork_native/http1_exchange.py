@@ -25,6 +25,8 @@ from .runtime import CORS_RESPONSE_NAMES, REPLAY_LIMIT
 from .upstream import HOP_BY_HOP, REBUILD, VERBATIM
 
 if TYPE_CHECKING:
+    from knotwork.proxyconfig import PeerInfo
+
     from .http1 import DownstreamProtocol
     from .upstream import UpstreamConnection
 
@@ -55,14 +57,16 @@ class Exchange(Forwarding):
     __slots__ = (
         # RequestView / ResponseInfo
         "authority", "bytes_received", "bytes_sent", "cluster", "connection", "duration", "flags", "method", "path",
-        "principal", "source_labels", "status", "upstream",
+        "principal", "source_labels", "start_time", "status", "trace_id", "upstream",
         # request
         "buf", "buf_size", "chunked", "discard", "dp", "head", "host_b", "http11", "keep_alive",
         "live", "lr", "method_b", "parts", "path_b", "proto", "replay", "replay_size", "req_done", "sent_any", "xff", "xfp",
         # forwarding
         "crt", "deadline", "endpoint", "fresh", "mirror", "picked", "plan", "resp_extra", "retries", "task", "timer", "tried", "up",
         # response
-        "close", "finished", "mode", "out", "started", "t0",
+        "close", "finished", "mode", "out", "resp_parts", "started", "t0",
+        # tracing: (trace id, span id, parent span id) of a sampled request, else None
+        "trace",
     )
 
     def __init__(self, proto: DownstreamProtocol, method_b: bytes, path_b: bytes, host: bytes, keep_alive: bool, http11: bool) -> None:
@@ -94,13 +98,14 @@ class Exchange(Forwarding):
         self.principal: str | None = None
         self.up: UpstreamConnection | None = None
         self.plan = self.crt = self.endpoint = self.picked = self.timer = self.deadline = self.task = self.mirror = None
+        self.trace_id = self.trace = self.resp_parts = None
         self.cluster: str | None = None
         self.upstream: str | None = None
         self.tried: list[Any] | None = None
         self.flags = "-"
         self.mode = _NOBODY
         self.out: list[bytes] = []
-        self.t0 = self.duration = 0.0
+        self.t0 = self.duration = self.start_time = 0.0
 
     # ── RequestView ──────────────────────────────────────────────────────
     def header(self, name: str) -> str | None:
@@ -117,6 +122,31 @@ class Exchange(Forwarding):
         if n == b"x-forwarded-proto" and self.xfp is not None:
             return self.xfp.decode("latin-1")
         return None
+
+    @property
+    def protocol(self) -> str:
+        """``HTTP/1.1`` (or ``HTTP/1.0``), as Envoy's ``%PROTOCOL%``."""
+        return "HTTP/1.1" if self.http11 else "HTTP/1.0"
+
+    # ── ResponseInfo (computed when a sink asks) ─────────────────────────
+    @property
+    def upstream_peer(self) -> PeerInfo | None:
+        """The chosen endpoint's workload (client-side listeners), else None."""
+        ep = self.endpoint
+        if ep is None or not self.lr.reports_peer or self.crt is None:
+            return None
+        return self.crt.peer_of(ep)
+
+    @property
+    def grpc_status(self) -> str:
+        """The response's ``grpc-status`` (header or trailer), ``""`` when none."""
+        parts = self.resp_parts
+        if parts:
+            for i in range(0, len(parts), 2):
+                n = parts[i]
+                if len(n) == 11 and n.lower() == b"grpc-status":
+                    return parts[i + 1].decode("latin-1").strip()
+        return ""
 
     def __repr__(self) -> str:
         return f"<Exchange {self.method} {self.authority}{self.path} status={self.status} flags={self.flags}>"
@@ -185,12 +215,13 @@ class Exchange(Forwarding):
                 self.attempt_failed("", f"upstream {self.upstream} answered {status}", True, status)
                 return
             if self.retries:
-                self.flags = F.URX  # the last attempt's response goes out as it is
+                self.flags = F.combine(self.flags, F.URX)  # the last attempt's response goes out as it is
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
         self.status = status
         self.started = True
+        self.resp_parts = conn.parts  # kept for grpc_status (the connection starts a new list per response)
         proto = self.proto
         if (conn.keep_alive and self.keep_alive and self.http11 and not conn.hop and self.method_b != b"HEAD"
                 and not proto.slot.draining and not plan.rebuild):
@@ -303,7 +334,7 @@ class Exchange(Forwarding):
             self.finish()
             return
         self.status = status
-        self.flags = flag or "-"
+        self.flags = F.combine(self.flags, flag)  # a delay (DI) stays on the request's flags
         self.started = True
         close = self.close = not self.keep_alive or self.proto.slot.draining
         plan = self.plan
@@ -340,9 +371,15 @@ class Exchange(Forwarding):
                 dp.count_flags(self.flags)
             if dp.idle is not None and dp.inflight <= 0:
                 dp.idle.set()
-            sinks = self.lr.telemetry
-            if sinks:
+            lr = self.lr
+            sinks = lr.telemetry
+            if sinks or self.trace is not None:
                 self.duration = self.dp.loop.time() - self.t0
+                if self.trace is not None:
+                    try:
+                        lr.tracer.end(self)
+                    except Exception:  # noqa: BLE001 - tracing must never break the data path
+                        self.dp.stats["tracing_errors"] += 1
                 for sink in sinks:
                     try:
                         sink.request_finished(self, self)

@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -23,10 +24,11 @@ from . import flags as F
 from .runtime import RoutePlan
 from .upstream_tls import connect as tls_connect
 
-__all__ = ["Forwarding"]
+__all__ = ["Forwarding", "connect_flag"]
 
 _NOVALUE: Any = object()
 _SYNC_TYPES = (str, type(None), Decision)
+_wall = time.time
 
 
 #: How long a mirrored request may take when its route sets no timeout.
@@ -105,6 +107,12 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def connect_flag(exc: BaseException) -> str:
+    """The flag of a failed upstream connect: DF when the name did not resolve (as Envoy's
+    dynamic forward proxy), else UF."""
+    return F.DF if isinstance(exc, socket.gaierror) else F.UF
+
+
 class Forwarding:
     """The forwarding half of :class:`~knotwork_native.http1_exchange.Exchange` (a mixin)."""
 
@@ -131,6 +139,7 @@ class Forwarding:
         sent_any: bool
         retries: int
         t0: float
+        start_time: float
         flags: str
         head: bytes
         buf: list[bytes]
@@ -165,8 +174,16 @@ class Forwarding:
         dp.inflight += 1
         dp.requests += 1
         lr = self.lr
+        if lr.tracer is not None:
+            self.t0 = dp.loop.time()
+            self.start_time = _wall()
+            try:
+                lr.tracer.begin(self)
+            except Exception:  # noqa: BLE001 - tracing must never break the data path
+                dp.stats["tracing_errors"] += 1
         if lr.telemetry:
             self.t0 = dp.loop.time()
+            self.start_time = _wall()
             for sink in lr.telemetry:
                 try:
                     sink.request_started(self)
@@ -246,7 +263,9 @@ class Forwarding:
         if plan is None or plan.route is not route:
             try:
                 plan = lr.plan(route)
-            except (ValueError, KeyError) as exc:
+            except KeyError as exc:  # as Envoy: a route naming a cluster it does not know is 503 NC
+                return self.reply(503, F.NC, f"route {route.name} names cluster {exc} that is not configured")
+            except ValueError as exc:
                 return self.reply(500, "-", f"route {route.name} cannot be served: {exc}")
         self.plan = plan
         if plan.policies:
@@ -380,6 +399,9 @@ class Forwarding:
             head.append(proto.xfp_line if xfp is None or proto.slot.overwrite_xfp else b"x-forwarded-proto: " + xfp + b"\r\n")
             head.append(proto.xfcc)
         head.append(plan.set_headers)
+        peer = self.lr.peer_line
+        if peer:
+            head.append(peer)
         head.append(b"transfer-encoding: chunked\r\n\r\n" if self.chunked else b"\r\n")
         return b"".join(head)
 
@@ -439,7 +461,7 @@ class Forwarding:
                 self.timer = None
             self.release_pick()
             why = f"upstream connect error to cluster {self.crt.name} endpoint {pool.label}: {_why(exc)}"
-            self.attempt_failed(F.UF, why, self.plan.retry.on_connect, 503)
+            self.attempt_failed(connect_flag(exc), why, self.plan.retry.on_connect, 503)
             return
         self.task = None
         if self.finished:

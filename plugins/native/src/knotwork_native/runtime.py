@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from knotwork.proxyconfig import Cluster, CorsPolicy, LbEndpoint, Listener, Route
+from knotwork.proxyconfig import Cluster, CorsPolicy, LbEndpoint, Listener, PeerInfo, Route
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -89,8 +89,8 @@ DEFAULT_RETRY = RetryPlan(2, ("connect-failure", "refused-stream"))
 class ClusterRuntime:
     """One cluster: its balancer and endpoints; counters for /status."""
 
-    __slots__ = ("balancer", "connect_timeout", "endpoints", "name", "pick", "release", "resource", "rq_total", "pending_update",
-                 "tls")
+    __slots__ = ("balancer", "connect_timeout", "endpoints", "name", "peers", "pick", "release", "resource", "rq_total",
+                 "pending_update", "tls")
 
     def __init__(self, resource: Cluster, balancer: Any, endpoints: tuple[LbEndpoint, ...], tls: Any = None):
         self.resource = resource
@@ -101,8 +101,21 @@ class ClusterRuntime:
         self.pick = balancer.pick
         self.release = getattr(balancer, "release", None)
         self.endpoints = endpoints
+        # id(endpoint) → (endpoint, its PeerInfo): telemetry's upstream_peer without an attrs object per request
+        self.peers: dict[int, tuple[LbEndpoint, PeerInfo]] = {id(e): (e, e.peer()) for e in endpoints}
         self.rq_total = 0
         self.pending_update = False  # reused balancer: update(endpoints) at apply time
+
+    def peer_of(self, endpoint: LbEndpoint) -> PeerInfo:
+        """The endpoint's :meth:`~knotwork.proxyconfig.LbEndpoint.peer` (cached; a balancer's own endpoints too)."""
+        hit = self.peers.get(id(endpoint))
+        if hit is not None and hit[0] is endpoint:
+            return hit[1]
+        peer = endpoint.peer()
+        if len(self.peers) >= 4096 + len(self.endpoints):  # endpoints a passthrough balancer made up: bounded
+            self.peers = {id(e): (e, e.peer()) for e in self.endpoints}
+        self.peers[id(endpoint)] = (endpoint, peer)
+        return peer
 
     @property
     def healthy(self) -> int:
@@ -304,8 +317,8 @@ class ListenerRuntime:
     plaintext only, rebinds it (STRICT ↔ PERMISSIVE does not).
     """
 
-    __slots__ = ("authn", "authz", "cluster", "clusters", "key", "listener", "mtls", "name", "plans", "router", "split",
-                 "telemetry", "tls")
+    __slots__ = ("authn", "authz", "cluster", "clusters", "key", "listener", "mtls", "name", "peer_line", "plans", "reports_peer",
+                 "router", "split", "tcp_closed", "tcp_opened", "telemetry", "tls", "tracer")
 
     def __init__(self, listener: Listener, mtls: Any = None):
         self.listener = listener
@@ -321,6 +334,12 @@ class ListenerRuntime:
         self.authn: tuple[Any, ...] = ()
         self.authz: tuple[Any, ...] = ()
         self.telemetry: tuple[Any, ...] = ()
+        self.tcp_opened: tuple[Any, ...] = ()  # the sinks' bound tcp_opened / tcp_closed (tcp listeners)
+        self.tcp_closed: tuple[Any, ...] = ()
+        self.tracer: Any = None  # a ListenerTracer (see .tracing) when the listener's observability traces
+        # outbound, http_proxy and gateway listeners with observability: the x-knotwork-peer line they set
+        self.peer_line = b""
+        self.reports_peer = listener.mode != "inbound"  # upstream_peer is the chosen endpoint's (not the local app)
 
     def tcp_cluster(self) -> ClusterRuntime | None:
         """The cluster a new tcp connection goes to: the listener's, or one drawn by weight."""

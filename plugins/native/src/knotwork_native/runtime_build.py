@@ -10,19 +10,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from knotwork.proxyconfig import PEER_MODES, RESOLUTIONS, EndpointSet, Listener, RouteTable, check_consistency
+from knotwork.proxyconfig import PEER_HEADER, PEER_MODES, RESOLUTIONS, EndpointSet, Listener, RouteTable, check_consistency
 from knotwork.records import ProxyContext, Strategy
 
 from .downstream_tls import build_tls_plan
 from .mesh_tls import InboundMtls
 from .passthrough import PassthroughBalancer
 from .runtime import ClusterRuntime, ListenerRuntime, RoutePlan, Runtime
+from .tracing import ListenerTracer
 from .upstream_tls import build_upstream_tls
 
 __all__ = ["LISTENER_MODES", "LISTENER_PROTOCOLS", "build_runtime"]
 
 LISTENER_MODES = frozenset({"inbound", "outbound", "http_proxy", "gateway"})
 LISTENER_PROTOCOLS = frozenset({"http", "tcp"})
+_PEER_SETTING_MODES = frozenset({"outbound", "http_proxy", "gateway"})  # client side: say who is calling
 
 
 def _strategy(ctx: ProxyContext, kind: str, name: str, where: str) -> Strategy:
@@ -177,8 +179,29 @@ def build_runtime(
         lrt.authn = _chain(ctx, "authenticators", lis.authn, lis, where, "authenticate")
         lrt.authz = _chain(ctx, "authorizers", lis.authz, lis, where, "authorize")
         lrt.telemetry = _chain(ctx, "telemetry", lis.telemetry, lis, where, "request_finished")
+        _observe(lrt, ctx.node_id, where)
         rt.listeners[name] = lrt
     return rt
+
+
+def _observe(lrt: ListenerRuntime, node_id: str, where: str) -> None:
+    """What the listener's observability asks of the request path: tcp sink methods, the peer line, tracing."""
+    lis = lrt.listener
+    if lis.protocol == "tcp":
+        lrt.tcp_opened = tuple(m for m in (getattr(s, "tcp_opened", None) for s in lrt.telemetry) if callable(m))
+        lrt.tcp_closed = tuple(m for m in (getattr(s, "tcp_closed", None) for s in lrt.telemetry) if callable(m))
+    obs = lis.observability
+    if obs is None:
+        return
+    if lis.mode in _PEER_SETTING_MODES:
+        value = obs.workload.header()
+        if any(c in value for c in "\r\n"):
+            raise ValueError(f"{where}: observability.workload has a line break in a field")
+        lrt.peer_line = b"%s: %s\r\n" % (PEER_HEADER.encode(), value.encode("latin-1", "replace"))
+    if obs.tracing is not None and lis.protocol == "http":
+        if not obs.tracing.endpoint:
+            raise ValueError(f"{where}: observability.tracing.endpoint is empty")
+        lrt.tracer = ListenerTracer(lis, obs.tracing, node_id)
 
 
 def _build_plans(table: RouteTable, clusters: Mapping[str, ClusterRuntime], where: str, known: frozenset[str]) -> dict[int, RoutePlan]:

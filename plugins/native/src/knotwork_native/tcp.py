@@ -9,10 +9,11 @@ flow control is too (a side whose peer cannot write stops reading).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from . import flags as F
-from .http1_forward import _why
+from .http1_forward import _why, connect_flag
 from .upstream_tls import connect as tls_connect
 
 __all__ = ["ConnectFailure", "Pipe", "TcpListenerProtocol", "open_upstream", "start_tunnel"]
@@ -32,7 +33,7 @@ class ConnectFailure(Exception):
 class Pipe(asyncio.Protocol):
     """One side of a TCP relay."""
 
-    __slots__ = ("closed", "dp", "eof", "peer", "pending", "release", "slot", "transport")
+    __slots__ = ("closed", "dp", "eof", "nbytes", "peer", "pending", "release", "slot", "transport")
 
     def __init__(self, dp: Any, slot: Any = None) -> None:
         self.dp = dp
@@ -43,11 +44,13 @@ class Pipe(asyncio.Protocol):
         self.closed = False
         self.pending: list[bytes] = []  # read before the other side was connected
         self.release: Any = None  # balancer release callback, called once when the relay ends
+        self.nbytes = 0  # bytes read on this side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.nbytes += len(data)
         peer = self.peer
         if peer is None:
             self.pending.append(data)
@@ -117,6 +120,7 @@ async def open_upstream(dp: Any, crt: Any, request: Any, attempts: int = 3) -> t
     """
     tried: list[Any] = []
     why = ""
+    flag = F.UF
     for _ in range(max(1, attempts)):
         ep = crt.pick(request, tried) if tried else crt.pick(request)
         if ep is None and tried:
@@ -136,11 +140,12 @@ async def open_upstream(dp: Any, crt: Any, request: Any, attempts: int = 3) -> t
             if crt.release is not None:
                 crt.release(ep)
             tried.append(ep)
+            flag = connect_flag(exc)
             why = f"upstream connect error to cluster {crt.name} endpoint {ep.address}:{ep.port}: {_why(exc)}"
             continue
         dp.stats["upstream_cx_total"] += 1
         return transport, pipe, ep
-    raise ConnectFailure(F.combine(F.URX, F.UF) if len(tried) > 1 else F.UF, why)
+    raise ConnectFailure(F.combine(F.URX, flag) if len(tried) > 1 else flag, why)
 
 
 def _relay(dp: Any, down: Pipe, up: Pipe, crt: Any, ep: Any) -> None:
@@ -150,21 +155,70 @@ def _relay(dp: Any, down: Pipe, up: Pipe, crt: Any, ep: Any) -> None:
 
 
 class TcpListenerProtocol(Pipe):
-    """The downstream side of a tcp listener: connects to the listener's cluster."""
+    """The downstream side of a tcp listener: connects to the listener's cluster.
 
-    __slots__ = ("task",)
+    It is also the :class:`knotwork.protocols.TcpInfo` (and ConnectionView) the
+    listener's sinks get: ``tcp_opened`` once the upstream is connected,
+    ``tcp_closed`` when the downstream side is gone (also after a failed
+    connect, with its flags), with the byte counts of both directions.
+    """
+
+    __slots__ = ("crt", "cluster", "duration", "endpoint", "flags", "local_address", "lr", "peer_address", "peer_identity",
+                 "start_time", "t0", "task", "tls", "upstream")
 
     def __init__(self, slot: Any, dp: Any) -> None:
         super().__init__(dp, slot)
         self.task: asyncio.Task[None] | None = None
+        self.lr: Any = None  # the listener runtime whose sinks hear of this connection (None: no tcp sinks)
+        self.crt: Any = None
+        self.endpoint: Any = None
+        self.cluster: str | None = None
+        self.upstream: str | None = None
+        self.flags = "-"
+        self.start_time = self.t0 = self.duration = 0.0
+        self.peer_address: tuple[str, int] = ("", 0)
+        self.local_address: tuple[str, int] = ("", 0)
+        self.peer_identity: str | None = None
+        self.tls = False
+
+    # ── TcpInfo ──────────────────────────────────────────────────────────
+    @property
+    def connection(self) -> TcpListenerProtocol:
+        return self
+
+    @property
+    def bytes_received(self) -> int:
+        return self.nbytes
+
+    @property
+    def bytes_sent(self) -> int:
+        peer = self.peer
+        return peer.nbytes if peer is not None else 0
+
+    @property
+    def upstream_peer(self) -> Any:
+        ep = self.endpoint
+        if ep is None or self.lr is None or not self.lr.reports_peer:
+            return None
+        return self.crt.peer_of(ep)
+
+    def _tell(self, sinks: tuple[Any, ...]) -> None:
+        for method in sinks:
+            try:
+                method(self)
+            except Exception:  # noqa: BLE001 - a sink must never break the data path
+                self.dp.stats["telemetry_errors"] += 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         transport.pause_reading()  # type: ignore[attr-defined]
         ssl_object = transport.get_extra_info("ssl_object")
+        peer_identity = None
+        rt = self.slot.rt
         if ssl_object is not None:  # mesh mTLS (see .inbound_tls): the client's SPIFFE ID must be in the trust domain
-            mtls = self.slot.rt.mtls
-            if mtls is None or mtls.admit(ssl_object, transport.get_extra_info("peername")) is None:
+            mtls = rt.mtls
+            peer_identity = mtls.admit(ssl_object, transport.get_extra_info("peername")) if mtls is not None else None
+            if peer_identity is None:
                 self.dp.stats["downstream_cx_tls_refused"] += 1
                 self.slot = None  # never counted as a connection of the listener
                 self.closed = True
@@ -175,13 +229,29 @@ class TcpListenerProtocol(Pipe):
         stats["downstream_cx_total"] += 1
         stats["downstream_cx_active"] += 1
         stats["tcp_sessions_total"] += 1
-        self.task = self.dp.loop.create_task(self._connect(self.slot.rt.tcp_cluster()))
+        crt = rt.tcp_cluster()
+        if rt.tcp_opened or rt.tcp_closed:
+            self.lr = rt
+            self.t0 = self.dp.loop.time()
+            self.start_time = time.time()
+            self.crt = crt
+            self.cluster = crt.name if crt is not None else None
+            self.tls = ssl_object is not None
+            self.peer_identity = peer_identity
+            peer = transport.get_extra_info("peername")
+            if peer:
+                self.peer_address = (peer[0], peer[1])
+            local = transport.get_extra_info("sockname")
+            if local:
+                self.local_address = (local[0], local[1])
+        self.task = self.dp.loop.create_task(self._connect(crt))
 
     async def _connect(self, crt: Any) -> None:
         try:
             _, up, ep = await open_upstream(self.dp, crt, None)
         except ConnectFailure as exc:
             self.dp.count_flags(exc.flag)
+            self.flags = exc.flag
             if self.transport is not None:
                 self.transport.close()
             return
@@ -192,6 +262,12 @@ class TcpListenerProtocol(Pipe):
                 up.transport.close()
             return
         _relay(self.dp, self, up, crt, ep)
+        lr = self.lr
+        if lr is not None:
+            self.endpoint = ep
+            self.upstream = f"{ep.address}:{ep.port}"
+            if lr.tcp_opened:
+                self._tell(lr.tcp_opened)
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -199,6 +275,10 @@ class TcpListenerProtocol(Pipe):
         if self.task is not None:
             self.task.cancel()
         super().connection_lost(exc)
+        lr = self.lr
+        if lr is not None and lr.tcp_closed:  # (connection_lost is called once)
+            self.duration = self.dp.loop.time() - self.t0
+            self._tell(lr.tcp_closed)
 
 
 def start_tunnel(proto: Any, ex: Any, early: bytes) -> None:
@@ -212,6 +292,7 @@ def start_tunnel(proto: Any, ex: Any, early: bytes) -> None:
     ex.live = True
     dp = ex.dp
     ex.t0 = dp.loop.time()
+    ex.start_time = time.time()
     dp.inflight += 1
     dp.requests += 1
     ex.keep_alive = False
@@ -259,6 +340,7 @@ async def _tunnel(proto: Any, ex: Any, crt: Any, plan: Any, early: bytes) -> Non
         ex.down_lost()
         return
     ex.upstream = f"{ep.address}:{ep.port}"
+    ex.endpoint = ep
     ex.status = 200
     ex.started = True
     transport.write(_ESTABLISHED)

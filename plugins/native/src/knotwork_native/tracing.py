@@ -1,0 +1,338 @@
+"""Distributed tracing of a listener's requests: W3C and B3 context, sampling, spans over OTLP/HTTP.
+
+A listener whose ``observability.tracing`` is set gets a :class:`ListenerTracer`
+(built with its runtime). Per request, :meth:`ListenerTracer.begin` reads the
+caller's context — W3C ``traceparent`` first, then B3 single (``b3``), then
+B3 multi (``x-b3-*``) — honours its sampled flag (a request without a
+decision is sampled at ``tracing.sampling`` percent), picks this hop's span
+id and rewrites the request's headers in place, so the app (inbound) or the
+next hop (outbound) sees this span as its parent: ``traceparent`` always,
+the B3 style(s) the caller used, ``tracestate`` passed on untouched. An
+unsampled decision is propagated the same way (flags ``00``,
+``x-b3-sampled: 0``) and records nothing. Listeners without tracing never
+call into this module.
+
+Sampled requests end as one span each (:meth:`ListenerTracer.end`): SERVER
+on inbound listeners, CLIENT on outbound, http_proxy and gateway ones (as
+Envoy's ingress/egress), named ``<host>:<port>/*`` like Istio's default
+decorator, with Istio's tags. Spans are made with opentelemetry-sdk from the
+ids that were propagated (a :class:`~opentelemetry.sdk.trace.id_generator.IdGenerator`
+that hands out the given ids, the parent a ``NonRecordingSpan``) and exported
+by a ``BatchSpanProcessor`` + OTLP/HTTP exporter: one provider per endpoint
+and service per process, created on first use; :func:`shutdown` flushes and
+stops them (the data plane calls it when it closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from typing import Any
+
+from knotwork.proxyconfig import Listener, Tracing
+
+__all__ = ["ListenerTracer", "flush", "parse_traceparent", "shutdown", "span_name"]
+
+_TRACEPARENT = b"traceparent"
+_B3 = b"b3"
+_B3_TRACE, _B3_SPAN, _B3_PARENT, _B3_SAMPLED, _B3_FLAGS = (
+    b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags")
+_NAMES = frozenset((_TRACEPARENT, _B3, _B3_TRACE, _B3_SPAN, _B3_PARENT, _B3_SAMPLED, _B3_FLAGS))
+_HEX = frozenset(b"0123456789abcdef")
+_ZERO_TRACE = "0" * 32
+_CLIENT_MODES = frozenset({"outbound", "http_proxy", "gateway"})
+_getrandbits = random.getrandbits
+_random = random.random
+
+
+def _hex_id(value: bytes, sizes: tuple[int, ...]) -> str | None:
+    """`value` as a lower-case hex id of one of `sizes` digits (not all zeros), else None."""
+    v = value.strip().lower()
+    if len(v) not in sizes or not _HEX.issuperset(v) or not v.strip(b"0"):
+        return None
+    return v.decode()
+
+
+def parse_traceparent(value: bytes) -> tuple[str, str, bool] | None:
+    """A W3C ``traceparent`` as (trace id, parent span id, sampled), or None when invalid."""
+    parts = value.strip().split(b"-")
+    if len(parts) < 4 or len(parts[0]) != 2 or parts[0].lower() == b"ff" or not _HEX.issuperset(parts[0].lower()):
+        return None
+    if parts[0] == b"00" and len(parts) != 4:
+        return None
+    trace = _hex_id(parts[1], (32,))
+    span = _hex_id(parts[2], (16,))
+    flags = parts[3].lower()
+    if trace is None or span is None or len(flags) != 2 or not _HEX.issuperset(flags):
+        return None
+    return trace, span, bool(int(flags, 16) & 1)
+
+
+def _b3_sampled(value: bytes) -> bool | None:
+    v = value.strip().lower()
+    if v in (b"1", b"true", b"d"):
+        return True
+    if v in (b"0", b"false"):
+        return False
+    return None
+
+
+def span_name(cluster: str | None, authority: str, fallback_host: str = "") -> str:
+    """Istio's default decorator: ``<service host>:<port>/*``.
+
+    From a cluster named ``direction|port|subset|host`` when it has a host;
+    else from the request's authority (the cluster's port, or 80, when it
+    has none), with `fallback_host` (an inbound listener's service)
+    replacing the authority's host.
+    """
+    fields = cluster.split("|") if cluster else ()
+    port = fields[1] if len(fields) == 4 and fields[1].isdigit() else ""
+    if port and fields[3]:
+        return f"{fields[3]}:{port}/*"
+    host, colon, given = authority.rpartition(":")
+    if not colon or not given.isdigit():
+        host, given = authority, port or "80"
+    return f"{fallback_host or host}:{given}/*"
+
+
+class ListenerTracer:
+    """One listener's tracing settings, digested once; called per request by the exchange."""
+
+    __slots__ = ("constants", "custom", "endpoint", "kind_client", "max_url", "names", "rate", "service", "served")
+
+    def __init__(self, listener: Listener, tracing: Tracing, node_id: str) -> None:
+        obs = listener.observability
+        assert obs is not None
+        self.rate = max(0.0, min(100.0, float(tracing.sampling)))
+        self.endpoint = tracing.endpoint
+        self.service = tracing.service
+        self.kind_client = listener.mode in _CLIENT_MODES
+        self.served = obs.service if listener.mode == "inbound" else ""
+        self.max_url = max(1, tracing.max_path_tag_length)
+        workload = obs.workload
+        canonical = workload.app if workload.app != "unknown" else workload.workload
+        self.constants: dict[str, str] = {
+            "component": "proxy", "node_id": node_id, "http.protocol": "HTTP/1.1",
+            "istio.canonical_service": canonical, "istio.namespace": workload.namespace,
+            "istio.canonical_revision": workload.version if workload.version != "unknown" else "latest",
+        }
+        self.custom = dict(tracing.custom_tags)
+        self.names: dict[tuple[str | None, str], str] = {}  # (cluster, authority) → span name, bounded
+
+    # ── per request ──────────────────────────────────────────────────────
+    def begin(self, ex: Any) -> None:
+        """Extract the caller's context, decide, and rewrite the request's trace headers for this hop."""
+        parts = ex.parts
+        found: dict[bytes, int] = {}
+        for i in range(0, len(parts), 4):
+            if parts[i] in _NAMES and parts[i] not in found:
+                found[parts[i]] = i
+        trace = parent = None
+        sampled: bool | None = None
+        b3_single = b3_multi = False
+        b3_trace = ""
+        if found:
+            at = found.get(_TRACEPARENT)
+            if at is not None:
+                ctx = parse_traceparent(parts[at + 2])
+                if ctx is not None:
+                    trace, parent, sampled = ctx
+            at = found.get(_B3)
+            if at is not None:
+                b3_single = True
+                fields = parts[at + 2].strip().split(b"-")
+                if len(fields) == 1:
+                    if trace is None:
+                        sampled = _b3_sampled(fields[0])
+                else:
+                    t = _hex_id(fields[0], (16, 32))
+                    s = _hex_id(fields[1], (16,))
+                    if t is not None and s is not None:
+                        if trace is None:
+                            trace, parent = t.rjust(32, "0"), s
+                            sampled = _b3_sampled(fields[2]) if len(fields) > 2 else None
+                        if t.rjust(32, "0") == trace:
+                            b3_trace = t  # B3 keeps the caller's trace id length (64 or 128 bits)
+            if _B3_TRACE in found or _B3_SAMPLED in found or _B3_FLAGS in found:
+                b3_multi = True
+                at = found.get(_B3_TRACE)
+                t = _hex_id(parts[at + 2], (16, 32)) if at is not None else None
+                if trace is None:
+                    at = found.get(_B3_SPAN)
+                    s = _hex_id(parts[at + 2], (16,)) if at is not None else None
+                    if t is not None and s is not None:
+                        trace, parent = t.rjust(32, "0"), s
+                    at = found.get(_B3_FLAGS)
+                    if at is not None and parts[at + 2].strip() == b"1":
+                        sampled = True
+                    else:
+                        at = found.get(_B3_SAMPLED)
+                        if at is not None:
+                            sampled = _b3_sampled(parts[at + 2])
+                if t is not None and t.rjust(32, "0") == trace:
+                    b3_trace = t
+        if sampled is None:
+            sampled = _random() * 100 < self.rate
+        if trace is None:
+            trace = "%032x" % _getrandbits(128)
+            if trace == _ZERO_TRACE:
+                trace = "0" * 31 + "1"
+        span = "%016x" % (_getrandbits(64) | 1)
+        ex.trace_id = trace
+        if sampled:
+            ex.trace = (trace, span, parent)
+        # the caller's headers now name this hop's span as the parent
+        flag = b"1" if sampled else b"0"
+        tp = b"00-%s-%s-%s" % (trace.encode(), span.encode(), b"01" if sampled else b"00")
+        _set(parts, found, _TRACEPARENT, tp)
+        if b3_single or b3_multi:
+            bt = (b3_trace or trace).encode()
+            if b3_single:
+                single = b"%s-%s-%s" % (bt, span.encode(), flag)
+                if parent is not None:
+                    single += b"-" + parent.encode()
+                _set(parts, found, _B3, single)
+            if b3_multi:
+                _set(parts, found, _B3_TRACE, bt)
+                _set(parts, found, _B3_SPAN, span.encode())
+                if parent is not None:
+                    _set(parts, found, _B3_PARENT, parent.encode())
+                _set(parts, found, _B3_SAMPLED, flag)
+
+    def end(self, ex: Any) -> None:
+        """Record the finished, sampled request as a span."""
+        trace, span, parent = ex.trace
+        cluster = ex.cluster
+        key = (cluster, ex.authority)
+        names = self.names
+        name = names.get(key)
+        if name is None:
+            name = span_name(cluster, ex.authority, self.served)
+            if len(names) >= 1024:
+                names.clear()
+            names[key] = name
+        status = ex.status
+        scheme = "https" if ex.proto.tls else "http"
+        url = f"{scheme}://{ex.authority}{ex.path}"
+        attrs = {
+            **self.constants,
+            "http.method": ex.method, "http.url": url[:self.max_url], "http.status_code": str(status),
+            "upstream_cluster": cluster or "-", "upstream_address": ex.upstream or "-",
+            "response_flags": ex.flags, "guid:x-request-id": ex.header("x-request-id") or "",
+            "peer.address": ex.proto.peer_address[0], "request_size": str(ex.bytes_received),
+            "response_size": str(ex.bytes_sent), "user_agent": ex.header("user-agent") or "-",
+            "downstream_cluster": "-",
+        }
+        if self.custom:
+            attrs.update(self.custom)
+        error = status >= 500 or status == 0
+        if error:
+            attrs["error"] = "true"
+        start = int(ex.start_time * 1e9)
+        _exporter(self.endpoint, self.service).record(
+            name, trace, span, parent, self.kind_client, attrs, start, start + int(ex.duration * 1e9), error)
+
+
+def _set(parts: list[bytes], found: dict[bytes, int], name: bytes, value: bytes) -> None:
+    at = found.get(name)
+    if at is None:
+        parts += (name, b": ", value, b"\r\n")
+    else:
+        parts[at + 2] = value
+
+
+# ── export: one provider per (endpoint, service) per process ────────────────
+
+class _Exporter:
+    """An opentelemetry-sdk TracerProvider with a BatchSpanProcessor and an OTLP/HTTP exporter."""
+
+    def __init__(self, endpoint: str, service: str) -> None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.id_generator import IdGenerator
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+        from opentelemetry.context import Context
+        from opentelemetry.trace import (
+            NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, set_span_in_context,
+        )
+
+        class GivenIds(IdGenerator):
+            """Hands out the ids this hop already propagated (set just before each span starts)."""
+
+            trace_id = 0
+            span_id = 0
+
+            def generate_span_id(self) -> int:
+                return self.span_id
+
+            def generate_trace_id(self) -> int:
+                return self.trace_id
+
+        self.ids = GivenIds()
+        self.provider = TracerProvider(sampler=ALWAYS_ON, id_generator=self.ids, shutdown_on_exit=False,
+                                       resource=Resource.create({"service.name": service}))
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint), schedule_delay_millis=1000))
+        self.tracer = self.provider.get_tracer("knotwork-native")
+        self._parent = lambda trace, span: set_span_in_context(NonRecordingSpan(
+            SpanContext(trace, span, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))))
+        self._root = Context
+        self._kinds = (SpanKind.SERVER, SpanKind.CLIENT)
+        self._error = Status(StatusCode.ERROR)
+
+    def record(self, name: str, trace: str, span: str, parent: str | None, client: bool, attrs: dict[str, str],
+               start: int, end: int, error: bool) -> None:
+        trace_id = int(trace, 16)
+        ids = self.ids
+        ids.trace_id = trace_id
+        ids.span_id = int(span, 16)
+        ctx = self._parent(trace_id, int(parent, 16)) if parent is not None else self._root()
+        s = self.tracer.start_span(name, context=ctx, kind=self._kinds[client], attributes=attrs, start_time=start)
+        if error:
+            s.set_status(self._error)
+        s.end(end_time=end)
+
+    def flush(self, timeout: float) -> None:
+        self.provider.force_flush(int(timeout * 1000))
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+_EXPORTERS: dict[tuple[str, str], _Exporter] = {}
+_LOCK = threading.Lock()
+
+
+def _exporter(endpoint: str, service: str) -> _Exporter:
+    exporter = _EXPORTERS.get((endpoint, service))
+    if exporter is None:
+        with _LOCK:
+            exporter = _EXPORTERS.get((endpoint, service))
+            if exporter is None:
+                exporter = _EXPORTERS[(endpoint, service)] = _Exporter(endpoint, service)
+    return exporter
+
+
+async def _in_thread(fn: Any, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(asyncio.to_thread(fn), timeout)
+    except TimeoutError:
+        pass
+
+
+async def flush(timeout: float = 5.0) -> None:
+    """Export every span recorded so far (waits up to `timeout` seconds, off the event loop)."""
+    exporters = list(_EXPORTERS.values())
+    if exporters:
+        await _in_thread(lambda: [e.flush(timeout) for e in exporters], timeout)
+
+
+async def shutdown(timeout: float = 5.0) -> None:
+    """Flush and stop every span exporter of the process; the next traced request starts new ones."""
+    with _LOCK:
+        exporters = list(_EXPORTERS.values())
+        _EXPORTERS.clear()
+    if exporters:
+        await _in_thread(lambda: [e.shutdown() for e in exporters], timeout)
