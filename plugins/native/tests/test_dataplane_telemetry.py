@@ -284,8 +284,7 @@ async def _flags_of(res: dict[str, dict[str, Any]], raw: bytes | None = None, **
         else:
             resp = await client.request(**request)
         await client.aclose()
-        if raw is None:
-            await wait_for(lambda: len(Sink.seen) == 1, what="the request to finish")
+        await wait_for(lambda: len(Sink.seen) == 1, what="the request to finish")
     finally:
         await dp.aclose()
     return resp.status, resp.headers.get("x-knotwork-response-flags", "-"), [s["flags"] for s in Sink.seen]
@@ -328,8 +327,13 @@ async def test_flag_upe_for_an_upstream_that_does_not_speak_http() -> None:
 
 
 async def test_flag_dpe_for_a_request_that_does_not_parse() -> None:
-    status, flags, _ = await _flags_of(_res(("127.0.0.1", 1)), raw=b"GET / HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n")
-    assert (status, flags) == (400, "DPE")
+    raw = b"GET /x HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n"
+    assert await _flags_of(_res(("127.0.0.1", 1)), raw=raw) == (400, "DPE", ["DPE"])  # sinks see it, as Envoy logs it
+
+
+async def test_flag_nr_for_connect_outside_an_http_proxy() -> None:
+    raw = b"CONNECT reviews:9080 HTTP/1.1\r\nhost: reviews:9080\r\n\r\n"
+    assert await _flags_of(_res(("127.0.0.1", 1)), raw=raw) == (404, "NR", ["NR"])  # Envoy: no CONNECT route
 
 
 async def test_flag_delay_stays_on_a_failed_request() -> None:

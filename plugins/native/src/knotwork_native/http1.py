@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import time
 from typing import Any
 
 import httptools
@@ -365,6 +366,31 @@ class DownstreamProtocol(asyncio.Protocol):
             ex.keep_alive = False
             ex.reply(status, flag, why)
         elif self.transport is not None and not self.closed:
-            self.transport.write(flags.local_reply(status, flag, why, close=True))
+            # A request that never parsed is still a request, as in Envoy: counted, seen by sinks, answered.
+            try:
+                try:
+                    method_b = self.parser.get_method() or b"-"
+                except httptools.HttpParserError:
+                    method_b = b"-"
+                ex = Exchange(self, method_b, self.url if self.url[:1] == b"/" else b"/", self.host, False, True)
+            except Exception:  # noqa: BLE001 - the internal error may be in there: answer without an exchange
+                self.transport.write(flags.local_reply(status, flag, why, close=True))
+                self.transport.close()
+                return
+            ex.live = True
+            dp = self.dp
+            dp.inflight += 1
+            dp.requests += 1
+            lr = ex.lr
+            if lr.telemetry:
+                ex.t0 = dp.loop.time()
+                ex.start_time = time.time()
+                for sink in lr.telemetry:
+                    try:
+                        sink.request_started(ex)
+                    except Exception:  # noqa: BLE001 - a sink must never break the data path
+                        dp.stats["telemetry_errors"] += 1
+            self.ex = ex
+            ex.reply(status, flag, why)
         if self.transport is not None:
             self.transport.close()

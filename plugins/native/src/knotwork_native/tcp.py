@@ -302,8 +302,8 @@ def start_tunnel(proto: Any, ex: Any, early: bytes) -> None:
             sink.request_started(ex)
         except Exception:  # noqa: BLE001
             dp.stats["telemetry_errors"] += 1
-    if lr.listener.mode != "http_proxy":
-        ex.reply(405, "-", f"CONNECT is served only by http_proxy listeners, not by listener {lr.name}")
+    if lr.listener.mode != "http_proxy":  # as Envoy without a CONNECT route: 404 NR
+        ex.reply(404, F.NR, f"CONNECT is served only by http_proxy listeners, not by listener {lr.name}")
         return
     try:
         route = lr.router.match(ex)
