@@ -81,8 +81,9 @@ def _observability(inp: CompileInput, eff: Effective, workload: PeerInfo, servic
     if mesh.tracing_endpoint and not eff.disable_span_reporting:
         tracing = Tracing(sampling=eff.sampling if eff.sampling is not None else float(mesh.tracing_sampling),
                           endpoint=mesh.tracing_endpoint, service=service_name, custom_tags=eff.custom_tags)
+    side = "SERVER" if inbound else "CLIENT"
     dropped = () if not eff.metrics else tuple(
-        TagOverride(m, "", remove=True, mode="SERVER" if inbound else "CLIENT") for m in METRICS if m in eff.disabled_metrics)
+        TagOverride(m, "", remove=True, mode=side) for m in METRICS if m in eff.disabled_metrics)
     return Observability(
         reporter="destination" if inbound else "source", workload=workload, service=service,
         metrics=eff.metrics, naming=str(getattr(mesh.metric_names, "value", mesh.metric_names)),

@@ -184,7 +184,8 @@ def _trace(res: Resource, entry: Mapping[str, Any], i: int) -> _Trace:
     custom = entry.get("customTags")
     if custom is not None:
         if not isinstance(custom, Mapping):
-            raise TelemetryError(res, field_path(*where, "customTags"), "expected a mapping of tag name to {literal: {value: ...}}")
+            raise TelemetryError(res, field_path(*where, "customTags"),
+                                 "expected a mapping of tag name to {literal: {value: ...}}")
         for name, tag in custom.items():
             twhere = (*where, "customTags", str(name))
             if not isinstance(name, str) or not name:
@@ -215,24 +216,28 @@ def _metric_overrides(res: Resource, entry: Mapping[str, Any], i: int) -> list[_
             raise TelemetryError(res, field_path(*where), "expected a mapping")
         for key in override:
             if key not in ("match", "disabled", "tagOverrides"):
-                raise TelemetryError(res, field_path(*where, str(key)), "unknown field; expected match, disabled, tagOverrides")
+                raise TelemetryError(res, field_path(*where, str(key)),
+                                     "unknown field; expected match, disabled, tagOverrides")
         match = override.get("match")
         mode = _mode(res, match, where)
         metric = "ALL_METRICS"
         if isinstance(match, Mapping):
             if "customMetric" in match:
-                warn_ignored(res, field_path(*where, "match", "customMetric"), "custom metrics not supported yet, override ignored")
+                warn_ignored(res, field_path(*where, "match", "customMetric"),
+                             "custom metrics not supported yet, override ignored")
                 continue
             metric = match.get("metric", "ALL_METRICS")
             if metric not in METRIC_SELECTORS:
                 raise TelemetryError(res, field_path(*where, "match", "metric"),
                                      f"expected one of {', '.join(METRIC_SELECTORS)}, got {metric!r}")
         disabled = _bool(res, override.get("disabled"), (*where, "disabled"))
-        out.append(_MetricOverride(mode, str(metric), disabled, _tag_overrides(res, override.get("tagOverrides"), where, str(metric), mode)))
+        tags = _tag_overrides(res, override.get("tagOverrides"), where, str(metric), mode)
+        out.append(_MetricOverride(mode, str(metric), disabled, tags))
     return out
 
 
-def _tag_overrides(res: Resource, value: Any, where: tuple[str | int, ...], metric: str, mode: str) -> tuple[TagOverride, ...]:
+def _tag_overrides(res: Resource, value: Any, where: tuple[str | int, ...], metric: str,
+                   mode: str) -> tuple[TagOverride, ...]:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
@@ -241,7 +246,8 @@ def _tag_overrides(res: Resource, value: Any, where: tuple[str | int, ...], metr
     for tag, body in value.items():
         twhere = (*where, "tagOverrides", str(tag))
         if not isinstance(tag, str) or not _LABEL.match(tag) or tag == "le" or tag.startswith("__"):
-            raise TelemetryError(res, field_path(*twhere), "expected a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not le)")
+            raise TelemetryError(res, field_path(*twhere),
+                                 "expected a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not le)")
         body = body if body is not None else {}
         if not isinstance(body, Mapping):
             raise TelemetryError(res, field_path(*twhere), "expected a mapping with operation and value")
