@@ -15,11 +15,10 @@ call into this module.
 Sampled requests end as one span each (:meth:`ListenerTracer.end`): SERVER
 on inbound listeners, CLIENT on outbound, http_proxy and gateway ones (as
 Envoy's ingress/egress), named ``<host>:<port>/*`` like Istio's default
-decorator, with Istio's tags. Spans are made with opentelemetry-sdk from the
-ids that were propagated (a :class:`~opentelemetry.sdk.trace.id_generator.IdGenerator`
-that hands out the given ids, the parent a ``NonRecordingSpan``) and exported
-by a ``BatchSpanProcessor`` + OTLP/HTTP exporter: one provider per endpoint
-and service per process, created on first use; :func:`shutdown` flushes and
+decorator, with Istio's tags. Spans are opentelemetry-sdk ``ReadableSpan``
+objects carrying exactly the ids that were propagated, handed to a
+``BatchSpanProcessor`` with an OTLP/HTTP exporter: one per endpoint and
+service per process, created on first use; :func:`shutdown` flushes and
 stops them (the data plane calls it when it closes).
 """
 
@@ -242,63 +241,50 @@ def _set(parts: list[bytes], found: dict[bytes, int], name: bytes, value: bytes)
         parts[at + 2] = value
 
 
-# ── export: one provider per (endpoint, service) per process ────────────────
+# ── export: one span processor per (endpoint, service) per process ─────────
 
 class _Exporter:
-    """An opentelemetry-sdk TracerProvider with a BatchSpanProcessor and an OTLP/HTTP exporter."""
+    """Spans of one (endpoint, service): opentelemetry-sdk's BatchSpanProcessor with its OTLP/HTTP exporter.
+
+    Spans are made as finished ``ReadableSpan`` objects with the ids this hop
+    propagated and handed to the processor (what a ``Tracer`` does at
+    ``span.end()``): exactly the propagated ids, no contextvars, no per-span
+    locks or attribute validation (the tags are strings built here). The
+    processor batches them and exports on its own thread.
+    """
 
     def __init__(self, endpoint: str, service: str) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.id_generator import IdGenerator
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-        from opentelemetry.context import Context
-        from opentelemetry.trace import (
-            NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, set_span_in_context,
-        )
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-        class GivenIds(IdGenerator):
-            """Hands out the ids this hop already propagated (set just before each span starts)."""
-
-            trace_id = 0
-            span_id = 0
-
-            def generate_span_id(self) -> int:
-                return self.span_id
-
-            def generate_trace_id(self) -> int:
-                return self.trace_id
-
-        self.ids = GivenIds()
-        self.provider = TracerProvider(sampler=ALWAYS_ON, id_generator=self.ids, shutdown_on_exit=False,
-                                       resource=Resource.create({"service.name": service}))
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint), schedule_delay_millis=1000))
-        self.tracer = self.provider.get_tracer("knotwork-native")
-        self._parent = lambda trace, span: set_span_in_context(NonRecordingSpan(
-            SpanContext(trace, span, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))))
-        self._root = Context
+        self.processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint), schedule_delay_millis=1000)
+        self._span = ReadableSpan
+        self._context = SpanContext
+        self._flags = TraceFlags(TraceFlags.SAMPLED)
+        self._resource = Resource.create({"service.name": service})
+        self._scope = InstrumentationScope("knotwork-native")
         self._kinds = (SpanKind.SERVER, SpanKind.CLIENT)
-        self._error = Status(StatusCode.ERROR)
+        self._status = (Status(StatusCode.UNSET), Status(StatusCode.ERROR))
 
     def record(self, name: str, trace: str, span: str, parent: str | None, client: bool, attrs: dict[str, str],
                start: int, end: int, error: bool) -> None:
         trace_id = int(trace, 16)
-        ids = self.ids
-        ids.trace_id = trace_id
-        ids.span_id = int(span, 16)
-        ctx = self._parent(trace_id, int(parent, 16)) if parent is not None else self._root()
-        s = self.tracer.start_span(name, context=ctx, kind=self._kinds[client], attributes=attrs, start_time=start)
-        if error:
-            s.set_status(self._error)
-        s.end(end_time=end)
+        flags = self._flags
+        context = self._context(trace_id, int(span, 16), False, flags)
+        parent_context = self._context(trace_id, int(parent, 16), True, flags) if parent is not None else None
+        self.processor.on_end(self._span(
+            name, context, parent_context, self._resource, attrs, kind=self._kinds[client], status=self._status[error],
+            start_time=start, end_time=end, instrumentation_scope=self._scope))
 
     def flush(self, timeout: float) -> None:
-        self.provider.force_flush(int(timeout * 1000))
+        self.processor.force_flush(int(timeout * 1000))
 
     def shutdown(self) -> None:
-        self.provider.shutdown()
+        self.processor.shutdown()
 
 
 _EXPORTERS: dict[tuple[str, str], _Exporter] = {}
