@@ -53,7 +53,7 @@ def test_http_access_log_carries_the_fields_and_constants() -> None:
     config = hcm(listener())
     (log,) = config["access_log"]
     typed = log["typed_config"]
-    assert typed["path"] == "/dev/stdout"
+    assert typed["@type"].endswith("StdoutAccessLog")
     fields = typed["log_format"]["json_format"]
     assert fields["peer"] == "%UPSTREAM_METADATA(knotwork)%" and fields["san"] == "%DOWNSTREAM_PEER_URI_SAN%"
     assert fields["trace"] == "%TRACE_ID%" and fields["grpc"] == "%TRAILER(grpc-status)%"
@@ -136,7 +136,7 @@ def test_bootstrap_has_the_trace_collector() -> None:
     out = bootstrap("n", "127.0.0.1:1", traces_path="/tmp/x/traces.sock")
     (traces,) = [c for c in out["static_resources"]["clusters"] if c["name"] == TRACES_CLUSTER]
     assert traces["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {"pipe": {"path": "/tmp/x/traces.sock"}}
-    assert out["layered_runtime"]["layers"][0]["static_layer"] == {"tracing.zipkin.flush_interval_ms": 1000}
+    assert out["layered_runtime"]["layers"][0]["static_layer"] == {"tracing.zipkin.flush_interval_ms": 200}
     Bootstrap.from_dict(out)
     assert "layered_runtime" not in bootstrap("n", "127.0.0.1:1")
 

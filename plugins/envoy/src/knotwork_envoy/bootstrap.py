@@ -33,7 +33,7 @@ from .sds import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER, mesh_secret
 #: The collector cluster connection managers' Zipkin tracers name (see translate.observe).
 TRACES_CLUSTER = "knotwork_traces"
 #: How often Envoy's Zipkin tracer posts its buffered spans to the agent.
-TRACE_FLUSH_MS = 1000
+TRACE_FLUSH_MS = 200
 
 __all__ = ["TRACES_CLUSTER", "XDS_CLUSTER", "bootstrap", "control_channel_tls", "sds_cluster", "traces_cluster"]
 

@@ -32,7 +32,7 @@ log = structlog.get_logger("knotwork.envoy.traces").bind(plugin="envoy")
 
 SPANS_PATH = "/api/v2/spans"
 #: How often the batching processor exports (the SDK's default is 5 s).
-EXPORT_DELAY_MS = 1000
+EXPORT_DELAY_MS = 200
 MAX_BODY = 16 << 20
 
 

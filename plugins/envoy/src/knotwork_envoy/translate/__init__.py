@@ -16,7 +16,7 @@ import betterproto2
 
 # The typed configs nested in resources must be importable for Any to (un)pack them.
 import envoy_data_plane.envoy.config.trace.v3  # noqa: F401
-import envoy_data_plane.envoy.extensions.access_loggers.file.v3  # noqa: F401
+import envoy_data_plane.envoy.extensions.access_loggers.stream.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.clusters.dynamic_forward_proxy.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.cors.v3  # noqa: F401
 import envoy_data_plane.envoy.extensions.filters.http.dynamic_forward_proxy.v3  # noqa: F401

@@ -3,8 +3,8 @@
 The telemetry sinks (metrics, access log) run in the sidecar agent, not in
 Envoy: every HTTP connection manager and TCP proxy of a listener with
 observability and a sink chain writes one JSON access-log line per request
-(per TCP connection: one when the upstream connects, one at close) to
-``/dev/stdout``, which the agent reads (:mod:`knotwork_envoy.telemetry`).
+(per TCP connection: one when the upstream connects, one at close) to its
+stdout, which the agent reads (:mod:`knotwork_envoy.telemetry`).
 A line carries the request view, the response info and a constant
 ``knotwork``: a JSON string naming the listener, its mode, its sink chain
 and its :class:`~knotwork.proxyconfig.Observability` (cattrs-unstructured),
@@ -50,7 +50,8 @@ __all__ = [
     "peer_metadata",
 ]
 
-FILE_LOG = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+#: Envoy's stdout logger (it writes to a dup of fd 1: opening /dev/stdout fails when that is a socket).
+STDOUT_LOG = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 ZIPKIN = "envoy.config.trace.v3.ZipkinConfig"
 HEADER_MUTATION = "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"
 #: The bootstrap's static cluster of the agent's trace collector (a unix socket).
@@ -123,8 +124,7 @@ def access_logs(lis: Listener) -> list[dict[str, Any]]:
     else:
         fields = dict(_TCP)
     fields["knotwork"] = escape_format(constants(lis))
-    return [{"name": "envoy.access_loggers.file", "typed_config": typed(
-        FILE_LOG, path="/dev/stdout", log_format={"json_format": fields})}]
+    return [{"name": "envoy.access_loggers.stdout", "typed_config": typed(STDOUT_LOG, log_format={"json_format": fields})}]
 
 
 def collector_path(lis: Listener) -> str:
