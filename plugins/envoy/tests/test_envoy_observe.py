@@ -58,6 +58,7 @@ def test_http_access_log_carries_the_fields_and_constants() -> None:
     assert fields["peer"] == "%UPSTREAM_METADATA(knotwork)%" and fields["san"] == "%DOWNSTREAM_PEER_URI_SAN%"
     assert fields["trace"] == "%TRACE_ID%" and fields["grpc"] == "%TRAILER(grpc-status)%"
     assert fields["headers"] == {"user-agent": "%REQ(user-agent)%", "x-request-id": "%REQ(x-request-id)%",
+                                 "x-forwarded-for": "%REQ(x-forwarded-for)%", "content-type": "%REQ(content-type)%",
                                  PEER_HEADER: f"%REQ({PEER_HEADER})%", "x-user": "%REQ(x-user)%"}
     const = json.loads(fields["knotwork"].replace("%%", "%"))
     assert (const["listener"], const["mode"], const["protocol"], const["sinks"]) == ("outbound|9080", "outbound", "http",

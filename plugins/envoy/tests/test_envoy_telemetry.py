@@ -193,6 +193,7 @@ async def test_access_log_lines_reach_the_sinks_with_every_field(mesh: Any) -> N
     assert before - 1 <= req.start_time <= time.time()
     assert req.header("x-user") == "alice" and req.header("user-agent") == "test-agent"
     assert req.header("x-request-id") == "rid-1" and req.header("host") == "reviews:9080"
+    assert req.header("x-forwarded-for") and req.header("content-type") is None
     assert req.header(PEER_HEADER) == ME.header()  # what was forwarded
     assert req.connection.peer_address[0] == "127.0.0.1" and req.connection.local_address == ("127.0.0.1", mesh.out)
     assert req.connection.peer_identity is None and req.connection.tls is False

@@ -61,7 +61,7 @@ SPANS_PATH = "/api/v2/spans"
 #: Listener modes whose requests carry this proxy's workload in :data:`PEER_HEADER`.
 PEER_HEADER_MODES = frozenset({"outbound", "http_proxy", "gateway"})
 #: Request headers every HTTP line carries (the sinks' ``request.header()``).
-BASE_HEADERS = ("user-agent", "x-request-id", PEER_HEADER)
+BASE_HEADERS = ("user-agent", "x-request-id", "x-forwarded-for", "content-type", PEER_HEADER)
 _HEADER_EXPR = re.compile(r"""request\.headers\[\s*['"]([^'"]+)['"]\s*\]""")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 
