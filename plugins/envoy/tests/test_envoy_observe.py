@@ -248,3 +248,19 @@ def test_zipkin_spans_become_otel_spans() -> None:
     assert span_name({"name": "pp:9080", "tags": {"upstream_cluster": "inbound|9080"}}, "pp.default.svc.cluster.local") == \
         "pp.default.svc.cluster.local:9080/*"
     assert span_name({"name": "example.com", "tags": {}}) == "example.com/*"
+
+
+def test_the_server_warns_only_about_sinks_that_do_not_run_on_envoy() -> None:
+    from knotwork.records import ComponentContext
+    from structlog.testing import capture_logs
+
+    from knotwork_envoy.server import EnvoyServer
+
+    strategies = {"metrics": Strategy("metrics", Sink), "tenant-log": Strategy("tenant-log", Sink, engines=frozenset({"native"}))}
+    ctx = ComponentContext(mesh=None, settings=None, mesh_dir=None, state_dir=None,  # type: ignore[arg-type]
+                           options={"telemetry_strategies": strategies})
+    server = EnvoyServer(ctx, cache=None)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        assert server._encode("listeners", "l", listener(telemetry=("metrics", "unknown"))) is not None
+        server._encode("listeners", "l", listener(telemetry=("metrics", "tenant-log")))
+    assert [entry["telemetry"] for entry in logs if entry["log_level"] == "warning"] == [["tenant-log"]]

@@ -34,6 +34,8 @@ SPANS_PATH = "/api/v2/spans"
 #: How often the batching processor exports (the SDK's default is 5 s).
 EXPORT_DELAY_MS = 200
 MAX_BODY = 16 << 20
+#: How long a stopping agent waits for the last spans to be exported.
+SHUTDOWN_S = 2.0
 
 
 def _ids(hex_id: str, width: int) -> int:
@@ -94,10 +96,10 @@ class TraceCollector:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Export what is buffered and stop the exporters (bounded by their timeouts)."""
+        """Export what is buffered and stop the exporters (:data:`SHUTDOWN_S` at most, then abandoned)."""
         processors, self._processors = list(self._processors.values()), {}
-        for processor in processors:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_S):
+            for processor in processors:
                 await anyio.to_thread.run_sync(processor.shutdown, abandon_on_cancel=True)
 
     def _processor(self, endpoint: str) -> Any:
