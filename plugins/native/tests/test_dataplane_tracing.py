@@ -226,3 +226,18 @@ def test_span_names_follow_istios_decorator() -> None:
         "reviews.default.svc.cluster.local:9080/*"
     assert tracing.span_name("PassthroughCluster", "example.com") == "example.com:80/*"
     assert tracing.span_name(None, "example.com:8443") == "example.com:8443/*"
+
+
+async def test_stopping_is_bounded_when_the_collector_is_away() -> None:
+    import time
+
+    from test_dataplane_support import closed_port
+
+    endpoint = f"http://127.0.0.1:{closed_port()}/v1/traces"
+    exporter = tracing._exporter(endpoint, "lonely")
+    exporter.record("x:80/*", T, P, None, True, {"http.method": "GET"}, 1, 2, False)
+    t0 = time.monotonic()
+    await tracing.shutdown(timeout=0.5)
+    assert time.monotonic() - t0 < 2.0
+    assert tracing._exporter(endpoint, "lonely") is not exporter  # the next traced request starts a new one
+    await tracing.shutdown(timeout=0.5)

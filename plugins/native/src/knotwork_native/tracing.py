@@ -261,7 +261,8 @@ class _Exporter:
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
         from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-        self.processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint), schedule_delay_millis=1000)
+        # each export attempt bounded (5 s), so a collector that is away cannot hold a stopping proxy long
+        self.processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=5), schedule_delay_millis=1000)
         self._span = ReadableSpan
         self._context = SpanContext
         self._flags = TraceFlags(TraceFlags.SAMPLED)
@@ -283,7 +284,8 @@ class _Exporter:
     def flush(self, timeout: float) -> None:
         self.processor.force_flush(int(timeout * 1000))
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float) -> None:
+        self.processor.force_flush(int(timeout * 1000))
         self.processor.shutdown()
 
 
@@ -302,8 +304,26 @@ def _exporter(endpoint: str, service: str) -> _Exporter:
 
 
 async def _in_thread(fn: Any, timeout: float) -> None:
+    """Run blocking `fn` on a daemon thread (never holding up the process's exit), waiting up to `timeout`."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            try:
+                loop.call_soon_threadsafe(finished)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    threading.Thread(target=run, name="knotwork-span-export", daemon=True).start()
     try:
-        await asyncio.wait_for(asyncio.to_thread(fn), timeout)
+        await asyncio.wait_for(asyncio.shield(done), timeout)
     except TimeoutError:
         pass
 
@@ -321,4 +341,4 @@ async def shutdown(timeout: float = 5.0) -> None:
         exporters = list(_EXPORTERS.values())
         _EXPORTERS.clear()
     if exporters:
-        await _in_thread(lambda: [e.shutdown() for e in exporters], timeout)
+        await _in_thread(lambda: [e.shutdown(timeout) for e in exporters], timeout)
