@@ -310,6 +310,9 @@ class Forwarding:
                 self.resp_extra = cors.actual(origin)
         fault = plan.fault
         if fault is not None:
+            if not plan.kind:  # as Envoy: the cluster is chosen with the route, so a fault's reply names it
+                self.crt = plan.choose()
+                self.cluster = self.crt.name
             delay, delay_percent = fault[0], fault[1]
             if delay is not None and random.random() * 100 < delay_percent:
                 self.flags = F.DI
@@ -337,7 +340,9 @@ class Forwarding:
     def _forward(self, plan: RoutePlan) -> None:
         if plan.kind:
             return self._local_route(plan)
-        crt = self.crt = plan.choose()
+        crt = self.crt
+        if crt is None:
+            crt = self.crt = plan.choose()
         self.cluster = crt.name
         crt.rq_total += 1
         self.head = self.build_head(plan)
