@@ -11,7 +11,7 @@ from knotwork.cli import build_parser, main
 from knotwork.kernel import Hooks, make_plugin_manager
 
 FIRST_PARTY = {"local": "knotwork-local", "native": "knotwork-native", "routing": "knotwork-routing",
-               "balancers": "knotwork-balancers"}
+               "balancers": "knotwork-balancers", "telemetry": "knotwork-telemetry"}
 
 
 def knotwork(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -135,7 +135,8 @@ class ControlPlane:
                     self.mesh.state_dir, self.ca_listen, also_serving=(self.listen,))
                 await tg.start(self.certificates.run)
                 secure = {"ssl": self.certificates.server_tls(require_client=True), "authorize": self.authorize_node}
-            server = engine.control_server(self.context(engine.name, listen=self.listen, **secure), self.cache)
+            options = {"listen": self.listen, "telemetry_strategies": reg["telemetry"], **secure}
+            server = engine.control_server(self.context(engine.name, **options), self.cache)
             await tg.start(server.run)
             await tg.start(self._serve_admin)
             await tg.start(self._serve_metrics)

@@ -51,7 +51,7 @@ class RequestView(Protocol):
     connection: ConnectionView
     principal: str | None  # set by authenticators
     source_labels: dict[str, str]  # labels of the calling workload (outbound)
-    protocol: str  # "HTTP/1.1", "HTTP/2", …
+    protocol: str  # "HTTP/1.1", "HTTP/1.0", "HTTP/2", …
     start_time: float  # wall clock (time.time()) when the request headers were read
     trace_id: str | None  # 32 hex digits when the request is part of a trace, else None
 
@@ -154,5 +154,6 @@ class TelemetrySink(Protocol):
     # Optional, for tcp listeners (engines look them up once, at build time):
     #   tcp_opened(info: TcpInfo) -> None   when the upstream connection is established
     #   tcp_closed(info: TcpInfo) -> None   when both sides are closed, with final byte counts
+    #                                       (also after a failed connect, with no tcp_opened before it)
     # On the Envoy engine, sinks that declare engine "envoy" run in the agent, fed
     # from Envoy's access-log stream (see docs/observability.md).
