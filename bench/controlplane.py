@@ -34,18 +34,21 @@ from knotwork.proxyconfig import (
     EndpointSet,
     LbEndpoint,
     Listener,
+    Observability,
+    PeerInfo,
     PeerTls,
     ProxySnapshot,
     Route,
     RouteAction,
     RouteTable,
+    Tracing,
     UpstreamTls,
     VirtualHost,
     WeightedCluster,
 )
 
-__all__ = ["ROUTE_PATH", "SERVICE", "MiniControlPlane", "inbound_snapshot", "outbound_snapshot", "route_scale_host",
-           "route_scale_snapshot", "router_match_ns"]
+__all__ = ["ROUTE_PATH", "SERVICE", "TELEMETRY", "MiniControlPlane", "full_telemetry", "inbound_snapshot",
+           "outbound_snapshot", "route_scale_host", "route_scale_snapshot", "router_match_ns"]
 
 #: The service every request is for; wrk sends it as the Host header through the mesh hop.
 SERVICE = "upstream.bench.svc.cluster.local"
@@ -53,28 +56,44 @@ SERVICE_PORT = 80
 LOOPBACK = "127.0.0.1"
 
 
+#: The telemetry sinks of a fully observed listener: Istio's metrics and the JSON access log.
+TELEMETRY = ("metrics", "access-log")
+
+
+def full_telemetry(reporter: str, workload: str, otlp_endpoint: str, sampling: float = 1.0) -> Observability:
+    """What the telemetry compiler gives a listener by default, with tracing at `sampling` percent."""
+    return Observability(
+        reporter=reporter, workload=PeerInfo(workload=workload, namespace="bench", app=workload, version="v1",
+                                             principal=f"spiffe://cluster.local/ns/bench/sa/{workload}"),
+        service=SERVICE if reporter == "destination" else "",
+        tracing=Tracing(sampling=sampling, endpoint=otlp_endpoint, service=f"{workload}.bench"),
+    )
+
+
 def _default_route(cluster: str) -> Route:
     return Route(name="default", action=RouteAction(clusters=(WeightedCluster(cluster),)))
 
 
-def inbound_snapshot(listen_port: int, app_ports: tuple[int, ...], tls: PeerTls | None = None) -> ProxySnapshot:
+def inbound_snapshot(listen_port: int, app_ports: tuple[int, ...], tls: PeerTls | None = None,
+                     observability: Observability | None = None) -> ProxySnapshot:
     """A sidecar's server side, as the routing plugin compiles it: an ``inbound``
-    listener (accepting the mesh mTLS `tls` says), route table ``inbound|80`` (``*`` → the local app),
-    cluster ``inbound|80||``."""
+    listener (accepting the mesh mTLS `tls` says; reporting what `observability` says, with the
+    :data:`TELEMETRY` sinks), route table ``inbound|80`` (``*`` → the local app), cluster ``inbound|80||``."""
     cluster = f"inbound|{SERVICE_PORT}||"
     table = f"inbound|{SERVICE_PORT}"
     snap = ProxySnapshot.build([
         Cluster(name=cluster, service=SERVICE, port=SERVICE_PORT),
         EndpointSet(name=cluster, endpoints=tuple(LbEndpoint(address=LOOPBACK, port=p) for p in app_ports)),
         RouteTable(name=table, virtual_hosts=(VirtualHost(name=table, domains=("*",), routes=(_default_route(cluster),)),)),
-        Listener(name=table, address=LOOPBACK, port=listen_port, mode="inbound", route_table=table, tls=tls),
+        Listener(name=table, address=LOOPBACK, port=listen_port, mode="inbound", route_table=table, tls=tls,
+                 telemetry=TELEMETRY if observability else (), observability=observability),
     ])
     snap.check()
     return snap
 
 
 def outbound_snapshot(listen_port: int, next_hop_port: int, mode: str = "gateway",
-                      peer_identity: str | None = None) -> ProxySnapshot:
+                      peer_identity: str | None = None, observability: Observability | None = None) -> ProxySnapshot:
     """A sidecar's client side: a listener (``gateway`` routing by Host, or the app's
     ``http_proxy``), route table ``outbound`` with one virtual host for :data:`SERVICE`,
     cluster ``outbound|80||SERVICE`` whose endpoint is the next sidecar's inbound listener;
@@ -85,11 +104,13 @@ def outbound_snapshot(listen_port: int, next_hop_port: int, mode: str = "gateway
     snap = ProxySnapshot.build([
         Cluster(name=cluster, service=SERVICE, port=SERVICE_PORT, tls=None if peer_identity is None else UpstreamTls(
             "ISTIO_MUTUAL", identities=(peer_identity,), sni=f"outbound_.{SERVICE_PORT}_._.{SERVICE}", alpn=MESH_ALPN_HTTP)),
-        EndpointSet(name=cluster, endpoints=(LbEndpoint(address=LOOPBACK, port=next_hop_port, identity=peer_identity),)),
+        EndpointSet(name=cluster, endpoints=(LbEndpoint(address=LOOPBACK, port=next_hop_port, identity=peer_identity,
+                                                        workload="b", namespace="bench", labels={"app": "b", "version": "v1"}),)),
         RouteTable(name="outbound", virtual_hosts=(
             VirtualHost(name=f"{SERVICE}:{SERVICE_PORT}", domains=domains, routes=(_default_route(cluster),)),
         )),
-        Listener(name=mode, address=LOOPBACK, port=listen_port, mode=mode, route_table="outbound"),
+        Listener(name=mode, address=LOOPBACK, port=listen_port, mode=mode, route_table="outbound",
+                 telemetry=TELEMETRY if observability else (), observability=observability),
     ])
     snap.check()
     return snap

@@ -47,8 +47,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from controlplane import (  # noqa: E402
-    ROUTE_PATH, SERVICE, MiniControlPlane, inbound_snapshot, outbound_snapshot, route_scale_host, route_scale_snapshot,
-    router_match_ns,
+    ROUTE_PATH, SERVICE, MiniControlPlane, full_telemetry, inbound_snapshot, outbound_snapshot, route_scale_host,
+    route_scale_snapshot, router_match_ns,
 )
 from envoyref import bootstrap_yaml, envoy_binary, envoy_version  # noqa: E402
 from procs import ChildProc, Proc, free_port, http_get, machine_cpu, wait_http, wait_port  # noqa: E402
@@ -67,10 +67,12 @@ CONNS = (32, 1)
 CONTENDED_CPUS = 0.25
 DEFAULT_ENGINES = ("native", "envoy")
 #: What a run measures (``--cases``): the sidecar overhead targets, the route-scale case, push-to-serving,
-#: mesh mTLS against plaintext between two sidecars.
-CASES = ("proxy", "routes", "push", "mtls")
+#: mesh mTLS against plaintext between two sidecars, full telemetry against none.
+CASES = ("proxy", "routes", "push", "mtls", "telemetry")
 #: Issue 6: requests/s with mTLS between two sidecars, over plaintext between the same two, at least this.
 MTLS_TARGET = 0.7
+#: Issue 7: requests/s with full telemetry (metrics, access log, 1 % tracing) over none, at least this.
+TELEMETRY_TARGET = 0.85
 #: Route-scale target: requests/s with many VirtualServices over requests/s with one route.
 ROUTE_SCALE_TARGET = 0.9
 #: How the tables name each engine's sidecars.
@@ -86,6 +88,8 @@ PAIRS = (
     ("envoy_routes_many", "envoy_routes_one", "Envoy xDS: route scale"),
     ("native_mtls2", "native_plain2", "native: mTLS / plaintext, mesh hop"),
     ("envoy_mtls2", "envoy_plain2", "Envoy xDS: mTLS / plaintext, mesh hop"),
+    ("native_tele2", "native_bare2", "native: full telemetry / none, mesh hop"),
+    ("envoy_tele2", "envoy_bare2", "Envoy xDS: full telemetry / none, mesh hop"),
 )
 
 
@@ -236,6 +240,8 @@ class Bench:
             await self.setup_routes(up_port)
         if "mtls" in args.cases:
             await self.setup_mtls(up_port)
+        if "telemetry" in args.cases:
+            await self.setup_telemetry(up_port)
 
         # every target must answer the canned body before we measure it
         for t in self.targets:
@@ -316,6 +322,33 @@ class Bench:
             for kind in ("plain", "mtls"):
                 a, b = self.sidecars[(engine, f"{kind}~a")], self.sidecars[(engine, f"{kind}~b")]
                 label = sidecar_label(engine, 2, f"A → B inbound, {'mTLS' if kind == 'mtls' else 'plaintext'}")
+                self.targets.append(Target(f"{engine}_{kind}2", label, ports[engine][f"{kind}_a"], [*a.procs, *b.procs],
+                                           headers={"Host": SERVICE}, sidecars=[a, b]))
+
+    async def setup_telemetry(self, up_port: int) -> None:
+        """Per engine, two mesh hops A → B: ``bare~*`` report nothing, ``tele~*`` have Istio's metrics, the
+        JSON access log (to the sidecar's log file) and tracing at 1 % to an OTLP/HTTP collector stand-in
+        (a second canned upstream answering 200), as the telemetry compiler sets them by default."""
+        otlp, otlp_port = await self.start_upstream("otlp-collector", "ok")
+        endpoint = f"http://127.0.0.1:{otlp_port}/v1/traces"
+        log(f"  OTLP collector stand-in: {endpoint} (pid {otlp.pid})")
+        ports: dict[str, dict[str, int]] = {}
+        for engine, cp in self.cps.items():
+            p = ports[engine] = {k: free_port() for k in ("bare_a", "bare_b", "tele_a", "tele_b")}
+            cp.publish("bare~b", inbound_snapshot(p["bare_b"], (up_port,)))
+            cp.publish("bare~a", outbound_snapshot(p["bare_a"], p["bare_b"]))
+            cp.publish("tele~b", inbound_snapshot(p["tele_b"], (up_port,),
+                                                  observability=full_telemetry("destination", "b", endpoint)))
+            cp.publish("tele~a", outbound_snapshot(p["tele_a"], p["tele_b"],
+                                                   observability=full_telemetry("source", "a", endpoint)))
+        started = [self.start_sidecar(engine, node) for engine in self.cps
+                   for node in ("bare~a", "bare~b", "tele~a", "tele~b")]
+        for sc in started:
+            await self.wait_sidecar(sc)
+        for engine in self.cps:
+            for kind in ("bare", "tele"):
+                a, b = self.sidecars[(engine, f"{kind}~a")], self.sidecars[(engine, f"{kind}~b")]
+                label = sidecar_label(engine, 2, "A → B inbound, " + ("full telemetry" if kind == "tele" else "no telemetry"))
                 self.targets.append(Target(f"{engine}_{kind}2", label, ports[engine][f"{kind}_a"], [*a.procs, *b.procs],
                                            headers={"Host": SERVICE}, sidecars=[a, b]))
 
@@ -871,13 +904,15 @@ class Bench:
                                 f"{self.args.route_routes} routes / 1 route ≥ {ROUTE_SCALE_TARGET:g} (rps c32): "
                                 f"{'MET' if r >= ROUTE_SCALE_TARGET else 'NOT MET'} ({r:.2f}; c1 {c.get('rps_c1', 0):.2f})")
         for engine in self.args.engines:
-            c = comps.get(f"{engine}_mtls2/{engine}_plain2")
-            if c and "rps_c32" in c:
-                r = c["rps_c32"]
-                verdicts.append(f"{ENGINE_NAMES.get(engine, engine)}: mTLS / plaintext between two sidecars ≥ "
-                                f"{MTLS_TARGET:g} (rps c32): {'MET' if r >= MTLS_TARGET else 'NOT MET'} ({r:.2f}; c1 "
-                                f"{c.get('rps_c1', 0):.2f}; p99 ×{c.get('p99_c32', 0):.2f} / ×{c.get('p99_c1', 0):.2f}; "
-                                f"CPU/req ×{c.get('cpu_c32', 0):.2f} / ×{c.get('cpu_c1', 0):.2f})")
+            for key, what, target in (("mtls2/{e}_plain2", "mTLS / plaintext", MTLS_TARGET),
+                                      ("tele2/{e}_bare2", "full telemetry / none", TELEMETRY_TARGET)):
+                c = comps.get(f"{engine}_" + key.format(e=engine))
+                if c and "rps_c32" in c:
+                    r = c["rps_c32"]
+                    verdicts.append(f"{ENGINE_NAMES.get(engine, engine)}: {what} between two sidecars ≥ "
+                                    f"{target:g} (rps c32): {'MET' if r >= target else 'NOT MET'} ({r:.2f}; c1 "
+                                    f"{c.get('rps_c1', 0):.2f}; p99 ×{c.get('p99_c32', 0):.2f} / ×{c.get('p99_c1', 0):.2f}; "
+                                    f"CPU/req ×{c.get('cpu_c32', 0):.2f} / ×{c.get('cpu_c1', 0):.2f})")
         rm = report.get("route_match") or {}
         if "routes~one" in rm and "routes~many" in rm:
             one, many = rm["routes~one"]["ns_per_match"], rm["routes~many"]["ns_per_match"]
