@@ -475,6 +475,7 @@ class Observability:
     metrics: bool = True
     naming: str = "knotwork"
     tag_overrides: tuple[TagOverride, ...] = ()
+    disabled_metrics: tuple[str, ...] = ()  # Istio metric selectors (REQUEST_COUNT, …) this listener does not emit
     access_log: bool = True
     tracing: Tracing | None = None
 

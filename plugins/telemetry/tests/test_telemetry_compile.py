@@ -194,11 +194,11 @@ def test_metric_overrides_become_tag_overrides_and_disabling():
     listeners = compile_listeners(None, policy)
     inbound, outbound = listeners["inbound|9080"].observability, listeners["http_proxy"].observability
     assert inbound.tag_overrides == (
-        TagOverride("REQUEST_SIZE", "", remove=True, mode="SERVER"),
         TagOverride("REQUEST_COUNT", "request_host", value="request.host", mode="SERVER"),
         TagOverride("REQUEST_COUNT", "source_principal", remove=True, mode="SERVER"),
     )
-    assert outbound.tag_overrides == (TagOverride("REQUEST_SIZE", "", remove=True, mode="CLIENT"),)
+    assert outbound.tag_overrides == ()
+    assert inbound.disabled_metrics == outbound.disabled_metrics == ("REQUEST_SIZE",)
     assert inbound.metrics and listeners["inbound|9080"].telemetry == SINKS
 
 
@@ -210,7 +210,7 @@ def test_all_metrics_disabled_drops_the_sink_and_a_narrower_level_restores_one()
                      metrics=[{"overrides": [{"match": {"metric": "REQUEST_COUNT"}, "disabled": False}]}])
     obs = observability("inbound|9080", off, back)
     assert obs.metrics is True
-    assert {t.metric for t in obs.tag_overrides if not t.tag} == {
+    assert set(obs.disabled_metrics) == {
         "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE", "TCP_OPENED_CONNECTIONS", "TCP_CLOSED_CONNECTIONS",
         "TCP_SENT_BYTES", "TCP_RECEIVED_BYTES"}
 

@@ -207,8 +207,8 @@ def test_tag_overrides_remove_upsert_and_add_labels():
     assert "source_principal" not in durations[0] and durations[0]["destination_version"] == "v2"
 
 
-def test_a_metric_dropped_by_an_empty_tag_override_is_not_exported():
-    sink = MetricsSink(outbound_listener(tag_overrides=(TagOverride("REQUEST_SIZE", "", remove=True, mode="CLIENT"),)))
+def test_a_disabled_metric_is_not_exported():
+    sink = MetricsSink(outbound_listener(disabled_metrics=("REQUEST_SIZE",)))
     sink.request_finished(request(), outbound_response())
     assert "knotwork_request_bytes" not in scrape() and "knotwork_requests" in scrape()
 

@@ -14,9 +14,8 @@ listeners, and writes only its slots ``listeners.telemetry`` and
   then the Telemetry resources (:mod:`knotwork_telemetry.telemetryapi`);
 - *chain*: the mesh's telemetry sinks (``plugins.telemetry``) less
   ``access-log`` where access logging is off and ``metrics`` where every
-  metric is disabled. A metric disabled alone travels as the tag override
-  ``TagOverride(metric, tag="", remove=True)``, which the ``metrics`` sink
-  reads as "drop this metric".
+  metric is disabled; a metric disabled alone is named in
+  ``Observability.disabled_metrics``.
 
 Tracing is None only when the mesh has no ``tracing_endpoint`` or a
 Telemetry sets ``disableSpanReporting``; a 0 % sampling still honours the
@@ -27,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from knotwork.proxyconfig import Observability, PeerInfo, TagOverride, Tracing
+from knotwork.proxyconfig import Observability, PeerInfo, Tracing
 
 from ._hooks import SLOTS
 from .naming import METRICS
@@ -81,13 +80,11 @@ def _observability(inp: CompileInput, eff: Effective, workload: PeerInfo, servic
     if mesh.tracing_endpoint and not eff.disable_span_reporting:
         tracing = Tracing(sampling=eff.sampling if eff.sampling is not None else float(mesh.tracing_sampling),
                           endpoint=mesh.tracing_endpoint, service=service_name, custom_tags=eff.custom_tags)
-    side = "SERVER" if inbound else "CLIENT"
-    dropped = () if not eff.metrics else tuple(
-        TagOverride(m, "", remove=True, mode=side) for m in METRICS if m in eff.disabled_metrics)
     return Observability(
         reporter="destination" if inbound else "source", workload=workload, service=service,
         metrics=eff.metrics, naming=str(getattr(mesh.metric_names, "value", mesh.metric_names)),
-        tag_overrides=(*dropped, *eff.tag_overrides),
+        tag_overrides=eff.tag_overrides,
+        disabled_metrics=tuple(m for m in METRICS if m in eff.disabled_metrics) if eff.metrics else (),
         access_log=eff.access_log if eff.access_log is not None else mesh.access_log,
         tracing=tracing,
     )

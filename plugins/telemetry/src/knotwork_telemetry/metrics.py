@@ -109,13 +109,11 @@ class MetricsSink:
                 family: Family | None = st.histogram(name, naming.help[metric], bounds, naming.le(bounds))
             else:
                 family = st.counter(name, naming.help[metric])
+            if metric in obs.disabled_metrics:  # Telemetry API `disabled`
+                family = None
             overrides: list[tuple[str, bool, int | None, str]] = []
             for override in obs.tag_overrides:
                 if override.mode not in modes or override.metric not in (metric, "ALL_METRICS"):
-                    continue
-                if not override.tag:  # an empty tag removed: the metric is dropped (Telemetry API `disabled`)
-                    if override.remove:
-                        family = None
                     continue
                 overrides.append(self._override(override, expressions))
             plans[metric] = _Plan(family, overrides)
