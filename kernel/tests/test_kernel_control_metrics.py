@@ -194,19 +194,19 @@ def test_pushes_acks_nacks_and_connections_move_their_counters(control):
     assert value(control, "knotwork_control_connected_proxies", engine="native", type="sidecar") == 0
 
 
-def test_a_config_change_refused_by_the_trial_compile_is_a_rejection(control):
+def test_a_config_change_a_source_refuses_is_a_rejection(control):
     control._received(platform())
     control.publish()
-    validate = control.context("files").validate  # what a config source calls before accepting a change
-    assert validate("files", (Resource("x/v1", "Broken", "b", spec={"broken": False}),)) == []
-    assert value(control, "knotwork_control_config_rejections_total", source="files") == 0
-    problems = validate("files", (Resource("x/v1", "Broken", "b", spec={"broken": True}),))
+    ctx = control.context("files")  # what a config source gets
+    assert ctx.validate("files", (Resource("x/v1", "Broken", "b", spec={"broken": False}),)) == []
+    problems = ctx.validate("files", (Resource("x/v1", "Broken", "b", spec={"broken": True}),))
     assert problems and "cannot be compiled" in problems[0]
-    assert value(control, "knotwork_control_config_rejections_total", source="files") == 1
-    control.validate("files", (Resource("x/v1", "Broken", "b", spec={"broken": True}),))  # analyze: a dry run
+    assert value(control, "knotwork_control_config_rejections_total", source="files") == 0  # validating is no refusal
+    ctx.rejected("files", problems)
     assert value(control, "knotwork_control_config_rejections_total", source="files") == 1
     # a source that has not pushed its first snapshot yet (the files source checks its folder before)
-    assert validate("later", (Resource("x/v1", "Broken", "b", spec={"broken": True}),)) == problems
+    assert ctx.validate("later", (Resource("x/v1", "Broken", "b", spec={"broken": True}),)) == problems
+    ctx.rejected("later", ["x: (file): expected a readable UTF-8 file, got EISDIR"])
     assert value(control, "knotwork_control_config_rejections_total", source="later") == 1
 
 

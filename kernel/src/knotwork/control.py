@@ -98,7 +98,7 @@ class ControlPlane:
         self.started = time.time()
         # counters, exported at scrape time by ControlMetrics
         self.failed_compiles = 0
-        self.rejections: Counter[str] = Counter()  # source -> changes refused by the trial compile
+        self.rejections: Counter[str] = Counter()  # source -> changes its config source refused
         self.snapshots_received: Counter[str] = Counter()  # source -> platform snapshots
         self.registry_events: Counter[tuple[str, str]] = Counter()  # (services|endpoints|configs, add|update|delete)
         self.metrics = CollectorRegistry()
@@ -119,7 +119,7 @@ class ControlPlane:
         return ComponentContext(
             mesh=self.mesh.mesh, settings=self.mesh.settings.get(name), mesh_dir=self.mesh.dir,
             state_dir=self.mesh.state_dir, selection=self.mesh.selection_map(), options=options,
-            validate=self._validate_change,
+            validate=self.validate, rejected=self._rejected,
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -230,13 +230,9 @@ class ControlPlane:
                     problems.add(_problem(exc))
         return sorted(problems)
 
-    def _validate_change(self, source: str, resources: tuple[Any, ...]) -> list[str]:
-        """:meth:`validate` as config sources call it before accepting a change: a change with
-        problems is refused, and counted (``knotwork_control_config_rejections_total``)."""
-        problems = self.validate(source, resources)
-        if problems:
-            self.rejections[source] += 1
-        return problems
+    def _rejected(self, source: str, problems: list[str]) -> None:
+        """A config source refused a change whole (``knotwork_control_config_rejections_total``)."""
+        self.rejections[source] += 1
 
     def publish(self) -> None:
         """Compile every proxy and publish the snapshots that changed."""
@@ -411,8 +407,9 @@ class ControlMetrics:
     Push latency: from a proxy's new snapshot being stored after its compile (or
     the proxy's request for a type, when that came later, as on connect) to the
     proxy's ACK of the push, per pushed type. Config rejections: changes a config
-    source refused because the trial compile found problems (its own parse and
-    schema refusals happen before, in the source). Compile errors: proxies whose
+    source refused whole — a file that does not parse, a resource its schema
+    refuses, a change the trial compile cannot translate (the source reports
+    each through ``ComponentContext.rejected``). Compile errors: proxies whose
     compile failed while publishing (they keep their last good config).
     """
 
@@ -445,7 +442,7 @@ class ControlMetrics:
             buckets.append((bound, cumulative))
         yield HistogramMetricFamily(prefix + "push_latency_seconds", "From a proxy's compiled config change to its ACK",
                                     buckets=buckets, sum_value=sum(st.latency.sum for st in statuses))
-        yield _counter(prefix + "config_rejections", "Config changes refused: the trial compile found problems",
+        yield _counter(prefix + "config_rejections", "Config changes a config source refused whole",
                        "source", c.rejections)
         yield CounterMetricFamily(prefix + "compile_errors", "Proxy compiles that failed (the proxy keeps its last "
                                   "good config)", value=c.failed_compiles)

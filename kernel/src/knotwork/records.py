@@ -201,7 +201,9 @@ class ComponentContext:
     trial run as if source `source` now held `resources` and returns the
     problems, one ``FILE: Kind/ns/name: field: problem`` line each; nothing
     is published. A source calls it before accepting a change, so a change
-    no compiler can translate is refused whole.
+    no compiler can translate is refused whole. A source that refuses a change
+    for any reason (parse errors, its own checks, `validate`'s problems) calls
+    `rejected(source, problems)` once, which the control plane counts.
     """
 
     mesh: MeshSettings
@@ -211,6 +213,7 @@ class ComponentContext:
     selection: Mapping[str, Any] = attrs.field(factory=dict)
     options: Mapping[str, Any] = attrs.field(factory=dict)
     validate: Callable[[str, tuple[Any, ...]], list[str]] = attrs.field(default=lambda source, resources: [], eq=False)
+    rejected: Callable[[str, list[str]], None] = attrs.field(default=lambda source, problems: None, eq=False)
 
 
 @attrs.frozen

@@ -31,8 +31,8 @@ def mesh_dir(tmp_path: Path) -> Path:
 class Running:
     """A running FilesSource and the snapshots it pushed."""
 
-    def __init__(self, source: FilesSource, receive: Any) -> None:
-        self.source, self.receive = source, receive
+    def __init__(self, source: FilesSource, receive: Any, rejections: list[tuple[str, list[str]]]) -> None:
+        self.source, self.receive, self.rejections = source, receive, rejections
         self.latest: PlatformSnapshot | None = None
 
     async def until(self, predicate: Callable[[PlatformSnapshot], bool], timeout: float = 3.0) -> PlatformSnapshot:
@@ -52,13 +52,15 @@ def run_source(mesh_dir: Path):
 
     @asynccontextmanager
     async def run(settings: FilesSettings | None = None) -> AsyncIterator[Running]:
+        rejections: list[tuple[str, list[str]]] = []  # what the control plane would count
         ctx = ComponentContext(mesh=MeshSettings(), settings=settings or FilesSettings(poll_interval=0.05),
-                               mesh_dir=mesh_dir, state_dir=mesh_dir / ".knotwork")
+                               mesh_dir=mesh_dir, state_dir=mesh_dir / ".knotwork",
+                               rejected=lambda source, problems: rejections.append((source, problems)))
         send, receive = anyio.create_memory_object_stream[PlatformSnapshot](64)
         source = FilesSource(ctx)
         async with anyio.create_task_group() as tg, receive:
             await tg.start(source.run, send)
-            yield Running(source, receive)
+            yield Running(source, receive, rejections)
             tg.cancel_scope.cancel()
 
     return run

@@ -63,6 +63,7 @@ async def test_a_bad_edit_keeps_the_previous_content(run_source, mesh_dir, captu
         assert snap.version == version + 1
         assert [str(r) for r in snap.resources] == ["VirtualService/default/a", "VirtualService/default/z"]
         assert snap.resources[0].spec["http"][0]["timeout"] == "2s"
+        assert [source for source, _ in running.rejections] == ["files"]  # counted once, by the control plane
     rejected = [e for e in capture_logs if e["event"].startswith("config file rejected")]
     assert rejected[0]["plugin"] == "config" and rejected[0]["log_level"] == "error"
     assert rejected[0]["problem"] == ("config/a.yaml: VirtualService/default/c: spec.http[0].timeout: expected a "
@@ -132,6 +133,7 @@ async def test_a_bad_apply_is_refused_whole(run_source, mesh_dir):
         assert reply == {"problems": ["x.yaml: VirtualService/default/bad: spec.http[0].timeout: expected a duration "
                                       "such as '0.5s', '3s' or '1m', got 3"]}
         assert running.latest.version == 1 and running.source.store.resources() == ()
+        assert running.rejections == [("files", reply["problems"])]
 
 
 async def test_conflict_between_config_and_apply_names_both(run_source, mesh_dir):

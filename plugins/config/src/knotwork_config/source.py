@@ -126,13 +126,15 @@ class FilesSource:
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            log.error("config file rejected; its previous content stays in force", file=name,
-                      problem=f"{name}: (file): expected a readable UTF-8 file, got {exc}")
+            problem = f"{name}: (file): expected a readable UTF-8 file, got {exc}"
+            self.ctx.rejected(PLATFORM, [problem])
+            log.error("config file rejected; its previous content stays in force", file=name, problem=problem)
             return False
         before = self.store.files.get(name)
         try:
             self.store.set_file(name, parse_resources(text, name))
         except ConfigError as exc:
+            self.ctx.rejected(PLATFORM, exc.problems)
             for line in exc.problems:
                 log.error("config file rejected; its previous content stays in force", file=name, problem=line)
             return False
@@ -157,6 +159,7 @@ class FilesSource:
                 if any(v != "unchanged" for v in outcome.values()):
                     await self._push()
         except ConfigError as exc:
+            self.ctx.rejected(PLATFORM, exc.problems)
             return {"problems": exc.problems}
         except OSError as exc:
             return {"problems": [f"{request.get('file', '-')}: (store): expected to persist the change, got {exc}"]}
