@@ -224,6 +224,9 @@ def test_span_names_follow_istios_decorator() -> None:
         "reviews.default.svc.cluster.local:9080/*"
     assert tracing.span_name("inbound|9080||", "reviews", "reviews.default.svc.cluster.local") == \
         "reviews.default.svc.cluster.local:9080/*"
+    # a caller that named another port (an ingress's own, say): the inbound cluster's port wins
+    assert tracing.span_name("inbound|9080||", "127.0.0.1:28063", "reviews.default.svc.cluster.local") == \
+        "reviews.default.svc.cluster.local:9080/*"
     assert tracing.span_name("PassthroughCluster", "example.com") == "example.com:80/*"
     assert tracing.span_name(None, "example.com:8443") == "example.com:8443/*"
 

@@ -80,15 +80,15 @@ def _b3_sampled(value: bytes) -> bool | None:
 def span_name(cluster: str | None, authority: str, fallback_host: str = "") -> str:
     """Istio's default decorator: ``<service host>:<port>/*``.
 
-    From a cluster named ``direction|port|subset|host`` when it has a host;
-    else from the request's authority (the cluster's port, or 80, when it
-    has none), with `fallback_host` (an inbound listener's service)
-    replacing the authority's host.
+    From a cluster named ``direction|port|subset|host``: its host, or
+    `fallback_host` (an inbound listener's service) for ``inbound|port||``,
+    and its port; else from the request's authority (its port, or 80 when it
+    has none), with `fallback_host` replacing the authority's host.
     """
     fields = cluster.split("|") if cluster else ()
     port = fields[1] if len(fields) == 4 and fields[1].isdigit() else ""
-    if port and fields[3]:
-        return f"{fields[3]}:{port}/*"
+    if port and (fields[3] or fallback_host):
+        return f"{fields[3] or fallback_host}:{port}/*"
     host, colon, given = authority.rpartition(":")
     if not colon or not given.isdigit():
         host, given = authority, port or "80"
