@@ -284,3 +284,71 @@ def test_prometheus_config_scrapes_every_proxy_and_the_control_plane(observed: R
     families = {f.name: f for f in text_string_to_metric_families(control)}
     connected = families["knotwork_control_connected_proxies"]
     assert sum(s.value for s in connected.samples) == len(observed.proxy_admin_ports())
+
+
+# ── the Telemetry API ────────────────────────────────────────────────────────
+
+TELEMETRY = """apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: details, namespace: default}
+spec:
+  selector: {matchLabels: {app: details}}
+  accessLogging: [{disabled: true}]
+  metrics:
+  - overrides:
+    - match: {metric: REQUEST_COUNT, mode: SERVER}
+      tagOverrides:
+        request_operation: {value: request.method}
+        source_principal: {operation: REMOVE}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: ingress, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  tracing: [{randomSamplingPercentage: 100}]
+"""
+
+
+def test_telemetry_resources_override_logging_labels_and_sampling_per_workload(
+        observed: RunningMesh, otlp: OtlpReceiver, tmp_path: Path) -> None:
+    policy = tmp_path / "telemetry.yaml"
+    policy.write_text(TELEMETRY)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TELEMETRY.replace("randomSamplingPercentage: 100", "randomSamplingPercentage: 150"))
+    refused = observed.knotwork("apply", "-f", str(bad))
+    assert refused.returncode != 0 and "spec.tracing[0].randomSamplingPercentage" in refused.stderr + refused.stdout
+    assert "Traceback" not in refused.stderr
+    done = observed.knotwork("apply", "-f", str(policy))
+    assert done.returncode == 0, done.stderr
+    try:
+        def details_series() -> float:
+            return total(scrape(observed), "istio_requests_total", reporter="destination",
+                         destination_workload="details-v1", request_operation="GET")
+        with httpx.Client(timeout=10) as client:
+            def relabelled() -> bool:  # the new config reaches details' sidecar
+                assert client.get(f"{observed.url}/productpage").status_code == 200
+                return details_series() > 0
+            wait_for(relabelled, 20, "details' request counts to carry request_operation")
+            before = details_series()
+            ids = [client.get(f"{observed.url}/productpage").status_code for _ in range(3)]
+        assert ids == [200, 200, 200]
+        assert wait_for(lambda: details_series() - before == 3 or None, 20, "three more GETs counted by details")
+        after = scrape(observed)
+        labelled = [lab for n, lab, _ in after if n == "istio_requests_total" and lab.get("request_operation") == "GET"]
+        assert all("source_principal" not in lab and lab["destination_workload"] == "details-v1" for lab in labelled)
+        # the client side and the other metrics are unchanged
+        assert total(after, "istio_requests_total", reporter="source", destination_workload="details-v1",
+                     source_principal="spiffe://cluster.local/ns/default/sa/productpage") > 0
+        # 100 % sampling at the ingress: requests without a caller's decision start traces there
+        wait_for(lambda: any(s.kind == "CLIENT" and not s.parent_id and to("productpage")(s) for s in otlp),
+                 20, "a trace started by the ingress's own sampling")
+        # no access log on details any more: the last line it wrote predates the policy
+        quiet = access_lines(observed, "details-v1")
+        assert quiet == access_lines(observed, "details-v1")
+        with httpx.Client(timeout=10) as client:
+            assert client.get(f"{observed.url}/productpage").status_code == 200
+        wait_for(lambda: details_series() - before == 4 or None, 20, "the fourth GET counted by details")
+        assert access_lines(observed, "details-v1") == quiet
+    finally:
+        observed.knotwork("delete", "-f", str(policy))
