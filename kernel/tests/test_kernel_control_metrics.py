@@ -1,4 +1,4 @@
-"""The control plane's metrics (knotwork.control.ControlMetrics): each counter moves on a real event,
+"""The control plane's metrics (knotwork.control_metrics.ControlMetrics): each counter moves on a real event,
 and a running control plane serves them over HTTP at /metrics."""
 
 from __future__ import annotations
