@@ -141,7 +141,8 @@ def cmd_control(args: argparse.Namespace, hooks: Hooks) -> int:
     from .control import ControlPlane
 
     mesh = _load(args, hooks, engine=args.engine)
-    run_until_signalled(ControlPlane(mesh, hooks, listen=args.listen, ca_listen=args.ca_listen).run)
+    run_until_signalled(ControlPlane(mesh, hooks, listen=args.listen, ca_listen=args.ca_listen,
+                                     metrics_listen=args.metrics_listen).run)
     return 0
 
 
@@ -270,6 +271,8 @@ def build_parser(hooks: Hooks) -> argparse.ArgumentParser:
     _mesh_arg(p)
     p.add_argument("--listen", default="127.0.0.1:0", help="address of the config distribution server")
     p.add_argument("--ca-listen", default="127.0.0.1:0", help="address of the certificate service")
+    p.add_argument("--metrics-listen", help="address of GET /metrics (default: $KNOTWORK_METRICS_LISTEN, else a free "
+                                            "loopback port)")
     p.add_argument("--engine", help="override the mesh file's proxy engine")
     p.set_defaults(func=cmd_control)
     p = sub.add_parser("proxy", help="run one sidecar or gateway proxy")
