@@ -76,3 +76,10 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("knotwork proxy: --engine: expected an installed proxy engine (")
     assert result.stderr.rstrip().endswith("got 'nope'") and "Traceback" not in result.stderr
+
+
+def test_control_refuses_a_bad_listen_address_before_starting(tmp_path):
+    (tmp_path / "knotwork.yaml").write_text("plugins: {platform: local}\n")
+    result = knotwork("control", "--metrics-listen", "bogus", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == "knotwork control: --metrics-listen: expected host:port (port 0: any free one), got 'bogus'\n"

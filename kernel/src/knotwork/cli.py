@@ -137,9 +137,22 @@ def cmd_check(args: argparse.Namespace, hooks: Hooks) -> int:
     return 0
 
 
-def cmd_control(args: argparse.Namespace, hooks: Hooks) -> int:
-    from .control import ControlPlane
+def _check_address(where: str, value: str | None) -> None:
+    from .wire import parse_address
 
+    try:
+        if value is not None and not 0 <= parse_address(value)[1] <= 65535:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"{where}: expected host:port (port 0: any free one), got {value!r}") from None
+
+
+def cmd_control(args: argparse.Namespace, hooks: Hooks) -> int:
+    from .control import METRICS_LISTEN_ENV, ControlPlane
+
+    for flag in ("listen", "ca_listen", "metrics_listen"):
+        _check_address("--" + flag.replace("_", "-"), getattr(args, flag))
+    _check_address(METRICS_LISTEN_ENV, None if args.metrics_listen else os.environ.get(METRICS_LISTEN_ENV))
     mesh = _load(args, hooks, engine=args.engine)
     run_until_signalled(ControlPlane(mesh, hooks, listen=args.listen, ca_listen=args.ca_listen,
                                      metrics_listen=args.metrics_listen).run)
