@@ -95,3 +95,29 @@ def test_mesh_settings_root_namespace():
     assert mesh.is_root_namespace("knotwork-system")
     assert mesh.is_root_namespace("istio-system")  # the Istio alias
     assert not mesh.is_root_namespace("default")
+
+
+def test_resource_errors_name_plugin_resource_file_and_field():
+    from knotwork.model import Resource, ResourceError, SourceRef, WarnOnce, field_path
+
+    class MyError(ResourceError):
+        plugin = "tenant"
+
+    res = Resource("x/v1", "Quota", "q", "team-a", source=SourceRef("config/q.yaml", 3))
+    err = MyError(res, field_path("spec", "limits", 0, "rps"), "expected a number, got 'many'")
+    assert isinstance(err, ValueError) and (err.resource, err.field) == (res, "spec.limits[0].rps")
+    assert str(err) == "plugin/tenant: Quota/team-a/q (config/q.yaml:3): spec.limits[0].rps: expected a number, got 'many'"
+
+    class Log:
+        def __init__(self):
+            self.events = []
+
+        def warning(self, event, **fields):
+            self.events.append((event, fields["field"]))
+
+    log = Log()
+    warn = WarnOnce(log, limit=2)
+    for field in ("a", "a", "b", "a", "c", "a"):
+        warn(res, field)
+    # once per field; past the limit the memory starts again rather than growing
+    assert [f for _, f in log.events] == ["a", "b", "c", "a"]

@@ -23,10 +23,13 @@ __all__ = [
     "Protocol",
     "ProxyNode",
     "Resource",
+    "ResourceError",
     "Service",
     "ServicePort",
     "SourceRef",
+    "WarnOnce",
     "Workload",
+    "field_path",
     "port_protocol",
     "resolve_host",
 ]
@@ -284,6 +287,47 @@ class Resource:
 
     def __str__(self) -> str:
         return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+class ResourceError(ValueError):
+    """A resource a compiler cannot translate: ``plugin/<plugin>: Kind/ns/name (file:line): field: problem``.
+
+    A compiler plugin raises it (a subclass setting `plugin`); the config
+    source's trial compile reports the message and the change is refused whole.
+    """
+
+    plugin = "?"
+
+    def __init__(self, resource: Resource, field: str, problem: str) -> None:
+        where = f" ({resource.source})" if str(resource.source) else ""
+        super().__init__(f"plugin/{self.plugin}: {resource}{where}: {field}: {problem}")
+        self.resource, self.field, self.problem = resource, field, problem
+
+
+def field_path(*parts: str | int) -> str:
+    """``spec.http[0].route[1]`` from ``("spec", "http", 0, "route", 1)``."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+class WarnOnce:
+    """Logs a warning once per resource and field (a field, or a whole resource, that has no effect);
+    bounded, so it cannot grow forever."""
+
+    def __init__(self, log: Any, limit: int = 1000) -> None:
+        self.log, self.limit = log, limit
+        self.seen: set[tuple[tuple[str, str, str], str]] = set()
+
+    def __call__(self, resource: Resource, field: str, event: str = "field not supported yet, ignored") -> None:
+        key = (resource.key, field)
+        if key in self.seen:
+            return
+        if len(self.seen) >= self.limit:
+            self.seen.clear()
+        self.seen.add(key)
+        self.log.warning(event, resource=str(resource), field=field, source=str(resource.source))
 
 
 @attrs.frozen

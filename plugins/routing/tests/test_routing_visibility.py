@@ -11,7 +11,7 @@ from routing_helpers import (
 )
 
 from knotwork_routing import ResourceError
-from knotwork_routing.errors import _WARNED
+from knotwork_routing.errors import warn_ignored
 from knotwork_routing.visibility import EgressHost, export_namespaces
 
 RATINGS, REVIEWS, DETAILS, PRODUCTPAGE = (fqdn(n) for n in ("ratings", "reviews", "details", "productpage"))
@@ -273,7 +273,7 @@ def test_unsupported_sidecar_fields_warn_and_are_ignored():
         "egress": [{"port": {"number": 9080, "protocol": "HTTP"}, "bind": "127.0.0.2", "captureMode": "NONE",
                     "hosts": [f"./{DETAILS}"]}],
     })
-    _WARNED.clear()
+    warn_ignored.seen.clear()
     with structlog.testing.capture_logs() as logs:
         snap = compile_bookinfo(sidecar("reviews"), scope)
     assert services_of(snap) == {DETAILS}
