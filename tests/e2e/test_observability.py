@@ -352,3 +352,59 @@ def test_telemetry_resources_override_logging_labels_and_sampling_per_workload(
         assert access_lines(observed, "details-v1") == quiet
     finally:
         observed.knotwork("delete", "-f", str(policy))
+
+
+# ── response flags of the proxies' own replies ──────────────────────────────
+
+NO_ENDPOINTS = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-v9, namespace: default}
+spec:
+  host: reviews
+  subsets: [{name: v9, labels: {version: v9}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-v9, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {end-user: {exact: flagtest}}}]
+    route: [{destination: {host: reviews, subset: v9}}]
+  - route: [{destination: {host: reviews}}]
+"""
+
+
+def test_local_replies_carry_envoys_flags_in_reply_metrics_and_access_log(observed: RunningMesh, tmp_path: Path) -> None:
+    """The same failure gives the same flag on both engines: NR for no route, UH for a subset without endpoints."""
+    policy = tmp_path / "v9.yaml"
+    policy.write_text(NO_ENDPOINTS)
+    before = scrape(observed)
+    done = observed.knotwork("apply", "-f", str(policy))
+    assert done.returncode == 0, done.stderr
+    try:
+        with httpx.Client(timeout=10) as client:
+            def unavailable() -> bool:
+                page = client.get(f"{observed.url}/productpage", headers={"end-user": "flagtest"})
+                return page.status_code == 200 and "reviews are currently unavailable" in page.text
+            wait_for(unavailable, 20, "reviews v9 (no endpoints) to be routed to")
+            missing = client.get(f"{observed.url}/nope")
+        assert (missing.status_code, missing.headers.get("x-knotwork-response-flags")) == (404, "NR")
+    finally:
+        observed.knotwork("delete", "-f", str(policy))
+
+    def flagged(workload: str, flags: str, code: int) -> list[dict]:
+        return [line for line in access_lines(observed, workload)
+                if line.get("response_flags") == flags and line.get("response_code") == code]
+    nr = wait_for(lambda: flagged("ingress", "NR", 404), 20, "the NR reply in the ingress's access log")
+    assert nr[-1]["path"] == "/nope" and nr[-1]["upstream_host"] is None
+    uh = wait_for(lambda: flagged("productpage-v1", "UH", 503), 20, "the UH reply in productpage's access log")
+    assert uh[-1]["upstream_cluster"] == "outbound|9080|v9|reviews.default.svc.cluster.local"
+
+    def delta(**labels: str) -> float:
+        return total(scrape(observed), "istio_requests_total", **labels) - total(before, "istio_requests_total", **labels)
+    wait_for(lambda: delta(reporter="source", source_workload="ingress", response_code="404", response_flags="NR") >= 1,
+             20, "NR in the ingress's metrics")
+    wait_for(lambda: delta(reporter="source", source_workload="productpage-v1", destination_service_name="reviews",
+                           destination_workload="unknown", response_code="503", response_flags="UH") >= 1,
+             20, "UH in productpage's metrics")
