@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import time
 
 from knotwork.proxyconfig import PEER_HEADER, Listener
 from knotwork.testing import make_connection
@@ -95,3 +98,34 @@ def test_start_time_is_rfc3339_utc_with_milliseconds():
     assert rfc3339_ms(1_795_657_350.9999) == "2026-11-26T01:42:30.999Z"
     assert rfc3339_ms(0.0) == "1970-01-01T00:00:00.000Z"
     assert rfc3339_ms(1_795_657_351.0) == "2026-11-26T01:42:31.000Z"
+
+
+def test_lines_of_one_kind_of_request_keep_their_own_fields(capsys):
+    """The fixed parts of lines are cached by what they depend on: a new peer, status or path shows at once."""
+    sink = AccessLogSink(outbound_listener())
+    sink.request_finished(request(), outbound_response())
+    sink.request_finished(request(path="/reviews/1"), outbound_response(503, flags="UF", upstream_peer=None))
+    sink.request_finished(request(), outbound_response())
+    first, second, third = lines(capsys)
+    assert (first["path"], first["response_code"], first["response_flags"], first["upstream_peer"],
+            first["destination_workload"]) == ("/reviews/0", 200, "-", REVIEWS_ID, "reviews-v2")
+    assert (second["path"], second["response_code"], second["response_flags"], second["upstream_peer"],
+            second["destination_workload"]) == ("/reviews/1", 503, "UF", None, "unknown")
+    assert third == first
+
+
+def test_in_a_running_loop_lines_are_written_together_soon_whole_and_in_order():
+    out = io.StringIO()
+    sink = AccessLogSink(outbound_listener(), file=out)
+
+    async def serve() -> str:
+        for i in range(3):
+            sink.request_finished(request(path=f"/reviews/{i}"), outbound_response())
+        assert out.getvalue() == ""  # queued: one write for the three
+        deadline = time.monotonic() + 5
+        while out.getvalue().count("\n") < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return out.getvalue()
+
+    text = asyncio.run(serve())
+    assert [json.loads(line)["path"] for line in text.splitlines()] == ["/reviews/0", "/reviews/1", "/reviews/2"]

@@ -70,7 +70,7 @@ class MetricsSink:
 
     def __init__(self, listener: Listener, settings: Any = None) -> None:
         obs: Observability | None = listener.observability
-        self._cache: dict[tuple[Any, ...], tuple[list[float], ...]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         if obs is None or not obs.metrics:
             self.request_started = self.request_finished = self.tcp_opened = self.tcp_closed = _nothing
             return
@@ -132,33 +132,51 @@ class MetricsSink:
 
     # ── requests ────────────────────────────────────────────────────────────
 
-    def _finished_source(self, request: Any, response: Any, _dyn: tuple[str, ...] = ()) -> None:
+    def _finished_source(self, request: Any, response: Any) -> None:
         ctype = request.header("content-type")
-        key = (response.cluster, response.upstream_peer, response.status, response.flags, response.grpc_status,
-               ctype is not None and ctype.startswith("application/grpc"), request.authority, *_dyn)
+        upstream = response.upstream_peer
+        # the upstream peer by identity (kept in the series, so its id stays its own): its attrs hash is slow
+        key = (response.cluster, id(upstream), response.status, response.flags, response.grpc_status,
+               ctype is not None and ctype.startswith("application/grpc"), request.authority)
         found = self._cache.get(key)
-        if found is None:
-            found = self._http_series(key, _dyn, self._source_base(key))
+        if found is None or found[4] is not upstream:
+            found = self._http_series(key, (), self._source_base(key, upstream), upstream)
         self._record(found, response)
 
     def _finished_source_dynamic(self, request: Any, response: Any) -> None:
-        self._finished_source(request, response, tuple(f(request, response) for f in self._dynamic))
+        ctype = request.header("content-type")
+        upstream = response.upstream_peer
+        dyn = tuple(f(request, response) for f in self._dynamic)
+        key = (response.cluster, id(upstream), response.status, response.flags, response.grpc_status,
+               ctype is not None and ctype.startswith("application/grpc"), request.authority, *dyn)
+        found = self._cache.get(key)
+        if found is None or found[4] is not upstream:
+            found = self._http_series(key, dyn, self._source_base(key, upstream), upstream)
+        self._record(found, response)
 
-    def _finished_destination(self, request: Any, response: Any, _dyn: tuple[str, ...] = ()) -> None:
+    def _finished_destination(self, request: Any, response: Any) -> None:
         ctype = request.header("content-type")
         key = (request.header(PEER_HEADER), request.connection.peer_identity, response.status, response.flags,
                response.grpc_status, ctype is not None and ctype.startswith("application/grpc"),
-               None if self._service else response.cluster, None if self._service else request.authority, *_dyn)
+               None if self._service else response.cluster, None if self._service else request.authority)
         found = self._cache.get(key)
         if found is None:
-            found = self._http_series(key, _dyn, self._destination_base(key))
+            found = self._http_series(key, (), self._destination_base(key), None)
         self._record(found, response)
 
     def _finished_destination_dynamic(self, request: Any, response: Any) -> None:
-        self._finished_destination(request, response, tuple(f(request, response) for f in self._dynamic))
+        ctype = request.header("content-type")
+        dyn = tuple(f(request, response) for f in self._dynamic)
+        key = (request.header(PEER_HEADER), request.connection.peer_identity, response.status, response.flags,
+               response.grpc_status, ctype is not None and ctype.startswith("application/grpc"),
+               None if self._service else response.cluster, None if self._service else request.authority, *dyn)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._http_series(key, dyn, self._destination_base(key), None)
+        self._record(found, response)
 
-    def _record(self, series: tuple[list[float], ...], response: Any) -> None:
-        count, duration, received, sent = series
+    def _record(self, series: tuple[Any, ...], response: Any) -> None:
+        count, duration, received, sent, _ = series
         count[0] += 1
         value = response.duration * self._scale
         duration[0] += 1
@@ -173,21 +191,23 @@ class MetricsSink:
         sent[1] += value
         sent[2 + bisect_left(self._bbounds, value)] += 1
 
-    def _http_series(self, key: tuple[Any, ...], dynamic: Sequence[str],
-                     base: list[tuple[str, str]]) -> tuple[list[float], ...]:
+    def _http_series(self, key: tuple[Any, ...], dynamic: Sequence[str], base: list[tuple[str, str]],
+                     upstream: PeerInfo | None) -> tuple[Any, ...]:
+        """The four series of a request key, and the upstream peer whose id the key holds."""
         plans = self._plans
         counter_size, dsize, bsize = 1, 3 + len(self._dbounds), 3 + len(self._bbounds)
         found = (plans["REQUEST_COUNT"].series(base, dynamic, counter_size),
                  plans["REQUEST_DURATION"].series(base, dynamic, dsize),
                  plans["REQUEST_SIZE"].series(base, dynamic, bsize),
-                 plans["RESPONSE_SIZE"].series(base, dynamic, bsize))
+                 plans["RESPONSE_SIZE"].series(base, dynamic, bsize),
+                 upstream)
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
         self._cache[key] = found
         return found
 
-    def _source_base(self, key: tuple[Any, ...]) -> list[tuple[str, str]]:
-        cluster, upstream, status, flags, grpc_status, grpc, authority = key[:7]
+    def _source_base(self, key: tuple[Any, ...], upstream: PeerInfo | None) -> list[tuple[str, str]]:
+        cluster, _, status, flags, grpc_status, grpc, authority = key[:7]
         return _labels(HTTP_LABELS, "source", self._workload, upstream or peers.UNKNOWN_PEER,
                        peers.service_of(cluster, authority), "grpc" if grpc else "http", str(status), grpc_status,
                        flags, UNKNOWN)
