@@ -42,6 +42,17 @@ _BLOCK_UPSTREAM, _BLOCK_BUFFER = 1, 2
 _AUTHORITIES: dict[bytes, str] = {}  # raw Host bytes → the authority strategies see (decoded, lower-case)
 
 
+_HEADER_NAMES: dict[str, bytes] = {}  # header names strategies ask for → the lower-case bytes the parser stores
+
+
+def _header_name(name: str) -> bytes:
+    n = name.lower().encode("latin-1")
+    if len(_HEADER_NAMES) >= 256:  # bounded: names come from code and configs, but a strategy could vary them
+        _HEADER_NAMES.clear()
+    _HEADER_NAMES[name] = n
+    return n
+
+
 def _authority(host: bytes) -> str:
     authority = host.decode("latin-1").lower()
     if len(host) <= 255:  # bounded: at most 1024 short names
@@ -110,13 +121,16 @@ class Exchange(Forwarding):
     # ── RequestView ──────────────────────────────────────────────────────
     def header(self, name: str) -> str | None:
         """The first value of a request header (name lower-case), or None."""
-        n = name.lower().encode("latin-1")
+        n = _HEADER_NAMES.get(name)
+        if n is None:
+            n = _header_name(name)
         if n == b"host" or n == b":authority":
             return self.authority
         parts = self.parts
-        for i in range(0, len(parts), 4):
-            if parts[i] == n:
-                return parts[i + 2].decode("latin-1")
+        names = parts[::4]  # telemetry asks for several headers per request: searched in C, not a loop here
+        if n in names:
+            value = parts[names.index(n) * 4 + 2]
+            return value.decode() if value.isascii() else value.decode("latin-1")  # ASCII: the fast codec
         if n == b"x-forwarded-for" and self.xff is not None:
             return self.xff.decode("latin-1")
         if n == b"x-forwarded-proto" and self.xfp is not None:
@@ -374,17 +388,17 @@ class Exchange(Forwarding):
             lr = self.lr
             sinks = lr.telemetry
             if sinks or self.trace is not None:
-                self.duration = self.dp.loop.time() - self.t0
+                self.duration = dp.loop.time() - self.t0
                 if self.trace is not None:
                     try:
                         lr.tracer.end(self)
                     except Exception:  # noqa: BLE001 - tracing must never break the data path
-                        self.dp.stats["tracing_errors"] += 1
+                        dp.stats["tracing_errors"] += 1
                 for sink in sinks:
                     try:
                         sink.request_finished(self, self)
                     except Exception:  # noqa: BLE001 - a sink must never break the data path
-                        self.dp.stats["telemetry_errors"] += 1
+                        dp.stats["telemetry_errors"] += 1
         proto = self.proto
         if not self.req_done:
             self.discard = True

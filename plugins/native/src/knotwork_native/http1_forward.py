@@ -174,16 +174,15 @@ class Forwarding:
         dp.inflight += 1
         dp.requests += 1
         lr = self.lr
-        if lr.tracer is not None:
+        if lr.tracer is not None or lr.telemetry:
             self.t0 = dp.loop.time()
             self.start_time = _wall()
+        if lr.tracer is not None:
             try:
                 lr.tracer.begin(self)
             except Exception:  # noqa: BLE001 - tracing must never break the data path
                 dp.stats["tracing_errors"] += 1
         if lr.telemetry:
-            self.t0 = dp.loop.time()
-            self.start_time = _wall()
             for sink in lr.telemetry:
                 try:
                     sink.request_started(self)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import threading
 from typing import Any
 
@@ -40,6 +41,8 @@ _B3_TRACE, _B3_SPAN, _B3_PARENT, _B3_SAMPLED, _B3_FLAGS = (
 _NAMES = frozenset((_TRACEPARENT, _B3, _B3_TRACE, _B3_SPAN, _B3_PARENT, _B3_SAMPLED, _B3_FLAGS))
 _HEX = frozenset(b"0123456789abcdef")
 _ZERO_TRACE = "0" * 32
+_ZERO_TRACE_B, _ZERO_SPAN_B = b"0" * 32, b"0" * 16
+_TRACEPARENT_00 = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
 _CLIENT_MODES = frozenset({"outbound", "http_proxy", "gateway"})
 _getrandbits = random.getrandbits
 _random = random.random
@@ -55,6 +58,11 @@ def _hex_id(value: bytes, sizes: tuple[int, ...]) -> str | None:
 
 def parse_traceparent(value: bytes) -> tuple[str, str, bool] | None:
     """A W3C ``traceparent`` as (trace id, parent span id, sampled), or None when invalid."""
+    m = _TRACEPARENT_00(value)
+    if m is not None:  # what proxies and SDKs send: version 00, lower-case, nothing around it
+        trace, span, flags = m.groups()
+        if trace != _ZERO_TRACE_B and span != _ZERO_SPAN_B:
+            return trace.decode(), span.decode(), bool(int(flags, 16) & 1)
     parts = value.strip().split(b"-")
     if len(parts) < 4 or len(parts[0]) != 2 or parts[0].lower() == b"ff" or not _HEX.issuperset(parts[0].lower()):
         return None
@@ -124,9 +132,11 @@ class ListenerTracer:
         """Extract the caller's context, decide, and rewrite the request's trace headers for this hop."""
         parts = ex.parts
         found: dict[bytes, int] = {}
-        for i in range(0, len(parts), 4):
-            if parts[i] in _NAMES and parts[i] not in found:
-                found[parts[i]] = i
+        names = parts[::4]
+        if not _NAMES.isdisjoint(names):  # (checked in C: most requests of a first hop carry no context)
+            for i, n in enumerate(names):
+                if n in _NAMES and n not in found:
+                    found[n] = 4 * i
         trace = parent = None
         sampled: bool | None = None
         b3_single = b3_multi = False
