@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import threading
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from knotwork.proxyconfig import Listener, Tracing
@@ -40,11 +41,12 @@ _B3_TRACE, _B3_SPAN, _B3_PARENT, _B3_SAMPLED, _B3_FLAGS = (
     b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags")
 _NAMES = frozenset((_TRACEPARENT, _B3, _B3_TRACE, _B3_SPAN, _B3_PARENT, _B3_SAMPLED, _B3_FLAGS))
 _HEX = frozenset(b"0123456789abcdef")
-_ZERO_TRACE = "0" * 32
-_ZERO_TRACE_B, _ZERO_SPAN_B = b"0" * 32, b"0" * 16
-_TRACEPARENT_00 = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
+_NOT_FOUND: Mapping[bytes, int] = MappingProxyType({})
+_ZERO_TRACE, _ONE_TRACE, _ZERO_SPAN, _ONE_SPAN = "0" * 32, "0" * 31 + "1", "0" * 16, "0" * 15 + "1"
+_HEX_DASH = b"0123456789abcdef-"
+_ODD = frozenset(b"13579bdf")  # a last hex digit with the low bit (sampled) set
 _CLIENT_MODES = frozenset({"outbound", "http_proxy", "gateway"})
-_getrandbits = random.getrandbits
+_randbytes = random.randbytes
 _random = random.random
 
 
@@ -58,11 +60,12 @@ def _hex_id(value: bytes, sizes: tuple[int, ...]) -> str | None:
 
 def parse_traceparent(value: bytes) -> tuple[str, str, bool] | None:
     """A W3C ``traceparent`` as (trace id, parent span id, sampled), or None when invalid."""
-    m = _TRACEPARENT_00(value)
-    if m is not None:  # what proxies and SDKs send: version 00, lower-case, nothing around it
-        trace, span, flags = m.groups()
-        if trace != _ZERO_TRACE_B and span != _ZERO_SPAN_B:
-            return trace.decode(), span.decode(), bool(int(flags, 16) & 1)
+    if (len(value) == 55 and value[:3] == b"00-" and value[35] == 45 and value[52] == 45  # 45: "-"
+            and value.count(b"-") == 3 and not value.translate(None, _HEX_DASH)):  # as proxies and SDKs send it
+        text = value.decode()
+        trace, span = text[3:35], text[36:52]
+        if trace != _ZERO_TRACE and span != _ZERO_SPAN:
+            return trace, span, value[54] in _ODD
     parts = value.strip().split(b"-")
     if len(parts) < 4 or len(parts[0]) != 2 or parts[0].lower() == b"ff" or not _HEX.issuperset(parts[0].lower()):
         return None
@@ -131,12 +134,13 @@ class ListenerTracer:
     def begin(self, ex: Any) -> None:
         """Extract the caller's context, decide, and rewrite the request's trace headers for this hop."""
         parts = ex.parts
-        found: dict[bytes, int] = {}
         names = parts[::4]
-        if not _NAMES.isdisjoint(names):  # (checked in C: most requests of a first hop carry no context)
-            for i, n in enumerate(names):
-                if n in _NAMES and n not in found:
-                    found[n] = 4 * i
+        # where the first of each trace header is (searched in C; a first hop's requests mostly have none)
+        found: Mapping[bytes, int] = _NOT_FOUND
+        if not _NAMES.isdisjoint(names):
+            found = {}
+            for n in _NAMES.intersection(names):
+                found[n] = 4 * names.index(n)
         trace = parent = None
         sampled: bool | None = None
         b3_single = b3_multi = False
@@ -183,17 +187,20 @@ class ListenerTracer:
                     b3_trace = t
         if sampled is None:
             sampled = _random() * 100 < self.rate
+        ids = _randbytes(24).hex()  # this hop's span id, and a trace id if the caller gave none (one draw)
+        span = ids[32:]
+        if span == _ZERO_SPAN:
+            span = _ONE_SPAN
         if trace is None:
-            trace = "%032x" % _getrandbits(128)
+            trace = ids[:32]
             if trace == _ZERO_TRACE:
-                trace = "0" * 31 + "1"
-        span = "%016x" % (_getrandbits(64) | 1)
+                trace = _ONE_TRACE
         ex.trace_id = trace
         if sampled:
             ex.trace = (trace, span, parent)
         # the caller's headers now name this hop's span as the parent
         flag = b"1" if sampled else b"0"
-        tp = b"00-%s-%s-%s" % (trace.encode(), span.encode(), b"01" if sampled else b"00")
+        tp = f"00-{trace}-{span}-{'01' if sampled else '00'}".encode()
         _set(parts, found, _TRACEPARENT, tp)
         if b3_single or b3_multi:
             bt = (b3_trace or trace).encode()
@@ -243,7 +250,7 @@ class ListenerTracer:
             name, trace, span, parent, self.kind_client, attrs, start, start + int(ex.duration * 1e9), error)
 
 
-def _set(parts: list[bytes], found: dict[bytes, int], name: bytes, value: bytes) -> None:
+def _set(parts: list[bytes], found: Mapping[bytes, int], name: bytes, value: bytes) -> None:
     at = found.get(name)
     if at is None:
         parts += (name, b": ", value, b"\r\n")
