@@ -67,8 +67,8 @@ class Exchange(Forwarding):
 
     __slots__ = (
         # RequestView / ResponseInfo
-        "authority", "bytes_received", "bytes_sent", "cluster", "connection", "duration", "flags", "method", "path",
-        "principal", "source_labels", "start_time", "status", "trace_id", "upstream",
+        "authority", "bytes_received", "bytes_sent", "cluster", "connection", "duration", "flags", "grpc_status", "method",
+        "path", "principal", "protocol", "source_labels", "start_time", "status", "trace_id", "upstream", "upstream_peer",
         # request
         "buf", "buf_size", "chunked", "discard", "dp", "head", "host_b", "http11", "keep_alive",
         "live", "lr", "method_b", "parts", "path_b", "proto", "replay", "replay_size", "req_done", "sent_any", "xff", "xfp",
@@ -101,6 +101,9 @@ class Exchange(Forwarding):
         self.chunked = proto.chunked
         self.keep_alive = keep_alive
         self.http11 = http11
+        self.protocol = "HTTP/1.1" if http11 else "HTTP/1.0"
+        self.upstream_peer: PeerInfo | None = None
+        self.grpc_status = ""
         self.buf: list[bytes] = []
         self.replay: list[bytes] | None = []
         self.head = b""
@@ -137,30 +140,23 @@ class Exchange(Forwarding):
             return self.xfp.decode("latin-1")
         return None
 
-    @property
-    def protocol(self) -> str:
-        """``HTTP/1.1`` (or ``HTTP/1.0``), as Envoy's ``%PROTOCOL%``."""
-        return "HTTP/1.1" if self.http11 else "HTTP/1.0"
+    # ``protocol`` (RequestView): ``HTTP/1.1`` or ``HTTP/1.0``, as Envoy's ``%PROTOCOL%``, set when created.
+    # ``upstream_peer`` and ``grpc_status`` (ResponseInfo) are worked out once when the request finishes, before
+    # the sinks run (see :meth:`finish`): plain attributes, since every sink reads them (no call per read).
 
-    # ── ResponseInfo (computed when a sink asks) ─────────────────────────
-    @property
-    def upstream_peer(self) -> PeerInfo | None:
-        """The chosen endpoint's workload (client-side listeners), else None."""
+    def _response_info(self) -> None:
+        """Set ``upstream_peer`` (the chosen endpoint's workload, client-side listeners) and ``grpc_status``
+        (the response's ``grpc-status``, header or trailer; ``""`` when none)."""
         ep = self.endpoint
-        if ep is None or not self.lr.reports_peer or self.crt is None:
-            return None
-        return self.crt.peer_of(ep)
-
-    @property
-    def grpc_status(self) -> str:
-        """The response's ``grpc-status`` (header or trailer), ``""`` when none."""
+        if ep is not None and self.lr.reports_peer and self.crt is not None:
+            self.upstream_peer = self.crt.peer_of(ep)
         parts = self.resp_parts
         if parts:
             for i in range(0, len(parts), 2):
                 n = parts[i]
                 if len(n) == 11 and n.lower() == b"grpc-status":
-                    return parts[i + 1].decode("latin-1").strip()
-        return ""
+                    self.grpc_status = parts[i + 1].decode("latin-1").strip()
+                    return
 
     def __repr__(self) -> str:
         return f"<Exchange {self.method} {self.authority}{self.path} status={self.status} flags={self.flags}>"
@@ -389,6 +385,8 @@ class Exchange(Forwarding):
             sinks = lr.telemetry
             if sinks or self.trace is not None:
                 self.duration = dp.loop.time() - self.t0
+                if sinks:
+                    self._response_info()
                 if self.trace is not None:
                     try:
                         lr.tracer.end(self)
