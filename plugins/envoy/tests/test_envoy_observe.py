@@ -3,6 +3,9 @@ observability, the agent's access-log lines → sink calls, Zipkin spans → Ope
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
 import json
 from typing import Any
 
@@ -20,11 +23,11 @@ from knotwork.proxyconfig import (
 from knotwork.records import Strategy
 
 from knotwork_envoy.bootstrap import TRACES_CLUSTER, bootstrap
-from knotwork_envoy.telemetry import AccessLogSinks
+from knotwork_envoy.telemetry import AccessLogSinks, pump
 from knotwork_envoy.traces import otel_span, span_name
 from knotwork_envoy.translate import pack, to_message, translate
 from knotwork_envoy.translate.fastwire import encode_cluster_load_assignment
-from knotwork_envoy.translate.observe import TRACES_CLUSTER as OBSERVE_TRACES_CLUSTER, constants
+from knotwork_envoy.translate.observe import TRACES_CLUSTER as OBSERVE_TRACES_CLUSTER, constants, digest
 
 ME = PeerInfo("productpage-v1", "default", "productpage", "v1", "spiffe://td/ns/default/sa/productpage")
 TRACING = Tracing(sampling=25.0, endpoint="http://127.0.0.1:4318/v1/traces", service="productpage.default",
@@ -54,17 +57,20 @@ def test_http_access_log_carries_the_fields_and_constants() -> None:
     (log,) = config["access_log"]
     typed = log["typed_config"]
     assert typed["@type"].endswith("StdoutAccessLog")
-    fields = typed["log_format"]["json_format"]
-    assert fields["peer"] == "%UPSTREAM_METADATA(knotwork)%" and fields["san"] == "%DOWNSTREAM_PEER_URI_SAN%"
+    form = typed["log_format"]["json_format"]
+    assert typed["log_format"]["omit_empty_values"] is True and list(form) == ["_id", "_knotwork", "line"]
+    fields = form["line"]
+    assert fields["peer"] == "%UPSTREAM_METADATA(knotwork:peer)%" and fields["san"] == "%DOWNSTREAM_PEER_URI_SAN%"
     assert fields["trace"] == "%TRACE_ID%" and fields["grpc"] == "%TRAILER(grpc-status)%"
     assert fields["headers"] == {"user-agent": "%REQ(user-agent)%", "x-request-id": "%REQ(x-request-id)%",
                                  "x-forwarded-for": "%REQ(x-forwarded-for)%", "content-type": "%REQ(content-type)%",
                                  PEER_HEADER: f"%REQ({PEER_HEADER})%", "x-user": "%REQ(x-user)%"}
-    const = json.loads(fields["knotwork"].replace("%%", "%"))
+    const = json.loads(form["_knotwork"].replace("%%", "%"))
+    assert form["_id"] == hashlib.sha256(form["_knotwork"].replace("%%", "%").encode()).hexdigest()[:16]
     assert (const["listener"], const["mode"], const["protocol"], const["sinks"]) == ("outbound|9080", "outbound", "http",
                                                                                     ["metrics", "access-log"])
     assert const["observability"]["tracing"]["custom_tags"] == [["env", "100%"]]
-    assert "%%" in fields["knotwork"]  # a literal % in a format string is doubled
+    assert "%%" in form["_knotwork"]  # a literal % in a format string is doubled
 
 
 def test_no_access_log_without_sinks_or_observability() -> None:
@@ -78,7 +84,7 @@ def test_tcp_proxy_logs_on_connect_and_close() -> None:
     to_message("listeners", out)
     proxy = out["filter_chains"][0]["filters"][0]["typed_config"]
     assert proxy["access_log_options"] == {"flush_access_log_on_connected": True}
-    fields = proxy["access_log"][0]["typed_config"]["log_format"]["json_format"]
+    fields = proxy["access_log"][0]["typed_config"]["log_format"]["json_format"]["line"]
     assert fields["type"] == "%ACCESS_LOG_TYPE%" and "method" not in fields
     assert "access_log" not in translate("listeners", listener(protocol="tcp", telemetry=()))["filter_chains"][0]["filters"][0]["typed_config"]
 
@@ -126,7 +132,8 @@ def test_endpoints_carry_their_workload() -> None:
     config = translate("endpoints", eps)
     first, second = config["endpoints"][0]["lb_endpoints"]
     assert first["metadata"]["filter_metadata"]["knotwork"] == {
-        "workload": "reviews-v1", "namespace": "default", "app": "reviews", "version": "v1", "principal": "unknown"}
+        "workload": "reviews-v1", "namespace": "default", "app": "reviews", "version": "v1", "principal": "unknown",
+        "peer": '["reviews-v1","default","reviews","v1","unknown"]'}
     assert "metadata" not in second  # nothing known: the agent reports "unknown" everywhere
     assert encode_cluster_load_assignment(config) == bytes(to_message("endpoints", config))
 
@@ -159,13 +166,18 @@ class Sink:
 
 
 def line(lis: Listener, **fields: Any) -> bytes:
-    base = {"knotwork": constants(lis), "start": "1700000000.250000", "remote": "127.0.0.1:50000", "local": "127.0.0.1:9080",
+    """A line as Envoy writes it: keys sorted, empty values left out."""
+    base = {"start": "1700000000.250000", "remote": "127.0.0.1:50000", "local": "127.0.0.1:9080",
             "san": None, "tls": None, "upstream": "10.0.0.1:80", "cluster": "outbound|80||r.default.svc.cluster.local",
-            "peer": {"workload": "r-v1", "namespace": "default", "app": "r", "version": "v1", "principal": "unknown"},
+            "peer": '["r-v1","default","r","v1","unknown"]',
             "flags": "-", "rx": 3, "tx": 10, "ms": 2, "method": "POST", "path": "/p?q", "authority": "R:80",
             "protocol": "HTTP/2", "status": 200, "us": 1500, "trace": "e457b5a2e4d86bd1", "grpc": None, "grpc_h": "14",
             "headers": {"x-user": "bob", "user-agent": None}}
-    return json.dumps({**base, **fields}).encode() + b"\n"
+    per_request = {k: v for k, v in {**base, **fields}.items() if v is not None}
+    per_request["headers"] = {k: v for k, v in per_request["headers"].items() if v is not None}
+    const = constants(lis)
+    out = {"_id": digest(const), "_knotwork": const, "line": per_request}
+    return json.dumps(out, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
 def test_lines_become_views_for_the_sinks_that_run_on_envoy() -> None:
@@ -224,9 +236,45 @@ def test_tcp_lines_open_and_close() -> None:
     lis = listener(protocol="tcp", telemetry=("metrics",))
     sinks.feed(line(lis, type="TcpUpstreamConnected", rx=0, tx=0))
     sinks.feed(line(lis, type="TcpConnectionEnd", ms=1250, peer=None))
-    (_, opened), (_, closed) = calls
-    assert opened.upstream_peer.workload == "r-v1" and closed.upstream_peer == PeerInfo()
+    sinks.feed(line(lis, type="TcpConnectionEnd", peer='["r-v1"]'))  # not five fields: unknown
+    (_, opened), (_, closed), (_, odd) = calls
+    assert opened.upstream_peer.workload == "r-v1" and closed.upstream_peer == PeerInfo() == odd.upstream_peer
     assert (closed.bytes_received, closed.bytes_sent, closed.duration) == (3, 10, 1.25)
+
+
+def test_the_pump_cuts_chunks_into_lines_and_passes_other_output_through() -> None:
+    calls: list[Any] = []
+    sinks = AccessLogSinks({"metrics": Strategy("metrics", lambda lis, s: Sink(calls))}, {})
+    lis = listener()
+    long_line = b"y" * 5000 + b"\n"
+    data = b"envoy says hello\n" + line(lis, path="/1") + long_line + line(lis, path="/2") + b"tail"
+    out = io.BytesIO()
+
+    async def run() -> None:
+        stream = asyncio.StreamReader()
+        reader = asyncio.ensure_future(pump(stream, sinks, out, limit=2000))
+        for i in range(0, len(data), 333):  # chunks that cut lines anywhere
+            stream.feed_data(data[i:i + 333])
+            await asyncio.sleep(0)
+        stream.feed_eof()
+        await reader
+
+    asyncio.run(run())
+    assert [c[1].path for c in calls if c[0] == "finished"] == ["/1", "/2"] and sinks.lines == 2
+    assert out.getvalue() == b"envoy says hello\n" + long_line + b"tail"
+
+
+def test_a_line_of_a_known_constant_takes_the_fast_path_and_a_changed_one_does_not() -> None:
+    calls: list[Any] = []
+    sinks = AccessLogSinks({"metrics": Strategy("metrics", lambda lis, s: Sink(calls))}, {})
+    lis = listener()
+    first = line(lis, path="/1")
+    assert sinks.feed(first) and len(sinks._known) == 1
+    # same digest, other constant (not as Envoy writes it): the slow path, not a wrong parse
+    forged = first.replace(b'\\"listener\\":\\"outbound|9080', b'\\"listener\\":\\"outbound|9081', 1)
+    assert forged != first and sinks.feed(forged) and sinks.feed(line(lis, path="/2"))
+    assert [c[1].path for c in calls if c[0] == "finished"] == ["/1", "/1", "/2"] and len(sinks._chains) == 2
+    assert sinks.feed(b'{"_id":"0123456789abcdef","_knotwork":"{}","line":{}}') and sinks.lines == 3  # not understood
 
 
 # ── the agent: Zipkin → OpenTelemetry ────────────────────────────────────────

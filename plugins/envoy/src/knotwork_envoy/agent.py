@@ -216,7 +216,7 @@ class EnvoyAgent:
             proc = await self.start()
             watcher = asyncio.ensure_future(self._watch())
             assert proc.stdout is not None
-            self._reader = reader = asyncio.ensure_future(pump(proc.stdout, self.telemetry))
+            self._reader = reader = asyncio.ensure_future(pump(proc.stdout, self.telemetry, limit=LINE_LIMIT))
             try:
                 code = await proc.wait()
                 await self._last_lines()

@@ -31,8 +31,9 @@ __all__ = ["SPANS_PATH", "TraceCollector", "otel_span", "span_name"]
 log = structlog.get_logger("knotwork.envoy.traces").bind(plugin="envoy")
 
 SPANS_PATH = "/api/v2/spans"
-#: How often the batching processor exports (the SDK's default is 5 s).
-EXPORT_DELAY_MS = 200
+#: How often the batching processor exports (the SDK's default is 5 s; the native engine's too, 1 s:
+#: each export is an HTTP request through ``requests``, a few ms of the agent's CPU).
+EXPORT_DELAY_MS = 1000
 MAX_BODY = 16 << 20
 #: How long a stopping agent waits for the last spans to be exported.
 SHUTDOWN_S = 2.0

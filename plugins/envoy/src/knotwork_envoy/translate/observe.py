@@ -5,14 +5,20 @@ Envoy: every HTTP connection manager and TCP proxy of a listener with
 observability and a sink chain writes one JSON access-log line per request
 (per TCP connection: one when the upstream connects, one at close) to its
 stdout, which the agent reads (:mod:`knotwork_envoy.telemetry`).
-A line carries the request view, the response info and a constant
-``knotwork``: a JSON string naming the listener, its mode, its sink chain
-and its :class:`~knotwork.proxyconfig.Observability` (cattrs-unstructured),
-the key under which the agent builds the chain once.
+A line is ``{"_id": DIGEST, "_knotwork": CONSTANT, "line": {…}}`` (Envoy
+sorts the keys, so it is in that order): the constant is a JSON string
+naming the listener, its mode, its sink chain and its
+:class:`~knotwork.proxyconfig.Observability` (cattrs-unstructured), the key
+under which the agent builds the chain once; the digest is the first
+:data:`DIGEST_LEN` hex digits of its SHA-256, which lets the agent know a
+line by its first bytes and parse only ``line``: the request view, the
+response info and the connection. Empty values are left out
+(``omit_empty_values``).
 
 The upstream workload comes from the chosen endpoint's metadata
 ``filter_metadata["knotwork"]`` (:func:`peer_metadata`, set on EDS
-endpoints) through ``%UPSTREAM_METADATA(knotwork)%``; the downstream
+endpoints) through ``%UPSTREAM_METADATA(knotwork:peer)%``, one string the
+agent knows again by a dict lookup; the downstream
 principal from ``%DOWNSTREAM_PEER_URI_SAN%``; the caller's workload from
 ``%REQ(x-knotwork-peer)%``, which outbound, ``http_proxy`` and gateway
 connection managers set (the header mutation filter, replacing an app's
@@ -30,6 +36,7 @@ query string, and the agent re-exports the spans over OTLP/HTTP
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import urllib.parse
@@ -44,6 +51,8 @@ __all__ = [
     "SPANS_PATH",
     "TRACES_CLUSTER",
     "access_logs",
+    "constants",
+    "digest",
     "header_names",
     "http_tracing",
     "peer_filter",
@@ -62,6 +71,8 @@ SPANS_PATH = "/api/v2/spans"
 PEER_HEADER_MODES = frozenset({"outbound", "http_proxy", "gateway"})
 #: Request headers every HTTP line carries (the sinks' ``request.header()``).
 BASE_HEADERS = ("user-agent", "x-request-id", "x-forwarded-for", "content-type", PEER_HEADER)
+#: Hex digits of the constant's SHA-256 that start a line (= the agent's ``telemetry.DIGEST_LEN``).
+DIGEST_LEN = 16
 _HEADER_EXPR = re.compile(r"""request\.headers\[\s*['"]([^'"]+)['"]\s*\]""")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 
@@ -74,7 +85,7 @@ _CONNECTION = {
     "tls": "%DOWNSTREAM_TLS_VERSION%",
     "upstream": "%UPSTREAM_HOST%",
     "cluster": "%UPSTREAM_CLUSTER%",
-    "peer": "%UPSTREAM_METADATA(knotwork)%",
+    "peer": "%UPSTREAM_METADATA(knotwork:peer)%",
     "flags": "%RESPONSE_FLAGS%",
     "rx": "%BYTES_RECEIVED%",
     "tx": "%BYTES_SENT%",
@@ -114,6 +125,11 @@ def constants(lis: Listener) -> str:
     return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
+def digest(const: str) -> str:
+    """The digest that starts a line of the constant `const` (hex, :data:`DIGEST_LEN` digits)."""
+    return hashlib.sha256(const.encode()).hexdigest()[:DIGEST_LEN]
+
+
 def access_logs(lis: Listener) -> list[dict[str, Any]]:
     """The ``access_log`` of the listener's connection manager or TCP proxy ([] when nothing listens)."""
     obs = lis.observability
@@ -123,8 +139,10 @@ def access_logs(lis: Listener) -> list[dict[str, Any]]:
         fields: dict[str, Any] = {**_HTTP, "headers": {h: f"%REQ({h})%" for h in header_names(obs)}}
     else:
         fields = dict(_TCP)
-    fields["knotwork"] = escape_format(constants(lis))
-    return [{"name": "envoy.access_loggers.stdout", "typed_config": typed(STDOUT_LOG, log_format={"json_format": fields})}]
+    const = constants(lis)
+    line = {"_id": digest(const), "_knotwork": escape_format(const), "line": fields}
+    log_format = {"json_format": line, "omit_empty_values": True}
+    return [{"name": "envoy.access_loggers.stdout", "typed_config": typed(STDOUT_LOG, log_format=log_format)}]
 
 
 def collector_path(lis: Listener) -> str:
@@ -172,9 +190,11 @@ def peer_filter(lis: Listener) -> dict[str, Any] | None:
 
 
 def peer_metadata(ep: LbEndpoint) -> dict[str, str] | None:
-    """An endpoint's ``filter_metadata["knotwork"]``: its :class:`PeerInfo` fields (None: all unknown)."""
+    """An endpoint's ``filter_metadata["knotwork"]``: its :class:`PeerInfo` fields, and ``peer``, the five
+    as one JSON array string, which the access log carries (None: all unknown)."""
     peer = ep.peer()
     if peer == PeerInfo():
         return None
+    fields = [peer.workload, peer.namespace, peer.app, peer.version, peer.principal]
     return {"workload": peer.workload, "namespace": peer.namespace, "app": peer.app, "version": peer.version,
-            "principal": peer.principal}
+            "principal": peer.principal, "peer": json.dumps(fields, separators=(",", ":"))}
