@@ -275,6 +275,8 @@ def test_a_line_of_a_known_constant_takes_the_fast_path_and_a_changed_one_does_n
     assert forged != first and sinks.feed(forged) and sinks.feed(line(lis, path="/2"))
     assert [c[1].path for c in calls if c[0] == "finished"] == ["/1", "/1", "/2"] and len(sinks._chains) == 2
     assert sinks.feed(b'{"_id":"0123456789abcdef","_knotwork":"{}","line":{}}') and sinks.lines == 3  # not understood
+    assert sinks.feed(line(lis, status="503", rx="7")) and sinks.lines == 4  # strings where Envoy writes numbers
+    assert (calls[-1][2].status, calls[-1][2].bytes_received) == (503, 7)
 
 
 # ── the agent: Zipkin → OpenTelemetry ────────────────────────────────────────
