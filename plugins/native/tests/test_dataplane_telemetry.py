@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from knotwork_native.admin import AdminServer
 from knotwork_native.dataplane import DataPlane
+from knotwork_native.runtime_build import does_nothing
 from test_dataplane_support import (
     RawClient,
     Req,
@@ -60,12 +61,13 @@ class Sink:
     """Records what a telemetry sink is given, as plain dicts."""
 
     seen: list[dict[str, Any]] = []
+    started: list[str] = []
 
     def __init__(self, listener: Listener, settings: Any = None) -> None:
         self.listener = listener
 
     def request_started(self, request: Any) -> None:
-        pass
+        Sink.started.append(request.path)
 
     def request_finished(self, request: Any, info: Any) -> None:
         Sink.seen.append({
@@ -111,6 +113,7 @@ def telemetry_ctx() -> ProxyContext:
 @pytest.fixture(autouse=True)
 def _clear() -> None:
     Sink.seen.clear()
+    Sink.started.clear()
 
 
 async def start(res: dict[str, dict[str, Any]]) -> DataPlane:
@@ -163,6 +166,7 @@ async def test_sinks_see_protocol_start_time_upstream_peer_and_grpc_status() -> 
         assert seen["trace_id"] is None  # no tracing on these listeners
         assert seen["cluster"] == CLUSTER and seen["upstream"] == f"127.0.0.1:{app.port}" and seen["flags"] == "-"
     assert [s["grpc_status"] for s in Sink.seen] == ["14", "", "14", ""]
+    assert Sink.started == ["/grpc", "/plain", "/grpc", "/plain"]  # request_started too, once per request
     out_seen = [s for s in Sink.seen if s["listener"] == "out"]
     in_seen = [s for s in Sink.seen if s["listener"] == "in"]
     assert all(s["upstream_peer"] == SERVER for s in out_seen)  # the chosen endpoint, on the client side
@@ -371,3 +375,19 @@ async def test_admin_serves_prometheus_text() -> None:
     assert families["knotwork_proxy_cluster_upstream_rq"].type == "counter"
     assert {s.name for f in families.values() if f.name.startswith("knotwork_proxy_") for s in f.samples} <= \
         {line.split("{")[0].split(" ")[0] for line in lines if line.startswith("knotwork_proxy_")}
+
+
+def test_request_started_that_does_nothing_is_not_called() -> None:
+    """Sinks often have an empty request_started: the listener's chain leaves it out (a call per request saved)."""
+
+    class Quiet:
+        def request_started(self, request: Any) -> None:
+            """Nothing to do when a request starts."""
+
+        def noted(self, request: Any) -> None:
+            self.last = request
+
+    assert does_nothing(Quiet().request_started)
+    assert does_nothing(lambda *args: None)
+    assert not does_nothing(Quiet().noted)
+    assert not does_nothing(print)  # not Python code: called as it is

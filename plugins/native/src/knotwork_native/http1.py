@@ -385,9 +385,9 @@ class DownstreamProtocol(asyncio.Protocol):
             if lr.telemetry:
                 ex.t0 = dp.loop.time()
                 ex.start_time = time.time()
-                for sink in lr.telemetry:
+                for started in lr.started:
                     try:
-                        sink.request_started(ex)
+                        started(ex)
                     except Exception:  # noqa: BLE001 - a sink must never break the data path
                         dp.stats["telemetry_errors"] += 1
             self.ex = ex

@@ -182,10 +182,10 @@ class Forwarding:
                 lr.tracer.begin(self)
             except Exception:  # noqa: BLE001 - tracing must never break the data path
                 dp.stats["tracing_errors"] += 1
-        if lr.telemetry:
-            for sink in lr.telemetry:
+        if lr.started:
+            for started in lr.started:
                 try:
-                    sink.request_started(self)
+                    started(self)
                 except Exception:  # noqa: BLE001 - a sink must never break the data path
                     dp.stats["telemetry_errors"] += 1
         if lr.authn or lr.authz:

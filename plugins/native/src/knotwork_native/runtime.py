@@ -318,7 +318,7 @@ class ListenerRuntime:
     """
 
     __slots__ = ("authn", "authz", "cluster", "clusters", "key", "listener", "mtls", "name", "peer_line", "plans", "reports_peer",
-                 "router", "split", "tcp_closed", "tcp_opened", "telemetry", "tls", "tracer")
+                 "router", "split", "started", "tcp_closed", "tcp_opened", "telemetry", "tls", "tracer")
 
     def __init__(self, listener: Listener, mtls: Any = None):
         self.listener = listener
@@ -334,6 +334,7 @@ class ListenerRuntime:
         self.authn: tuple[Any, ...] = ()
         self.authz: tuple[Any, ...] = ()
         self.telemetry: tuple[Any, ...] = ()
+        self.started: tuple[Any, ...] = ()  # the sinks' bound request_started, but those that do nothing
         self.tcp_opened: tuple[Any, ...] = ()  # the sinks' bound tcp_opened / tcp_closed (tcp listeners)
         self.tcp_closed: tuple[Any, ...] = ()
         self.tracer: Any = None  # a ListenerTracer (see .tracing) when the listener's observability traces

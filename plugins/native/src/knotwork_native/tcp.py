@@ -297,9 +297,9 @@ def start_tunnel(proto: Any, ex: Any, early: bytes) -> None:
     dp.requests += 1
     ex.keep_alive = False
     lr = ex.lr
-    for sink in lr.telemetry:
+    for started in lr.started:
         try:
-            sink.request_started(ex)
+            started(ex)
         except Exception:  # noqa: BLE001
             dp.stats["telemetry_errors"] += 1
     if lr.listener.mode != "http_proxy":  # as Envoy without a CONNECT route: 404 NR

@@ -46,7 +46,7 @@ _ZERO_TRACE, _ONE_TRACE, _ZERO_SPAN, _ONE_SPAN = "0" * 32, "0" * 31 + "1", "0" *
 _HEX_DASH = b"0123456789abcdef-"
 _ODD = frozenset(b"13579bdf")  # a last hex digit with the low bit (sampled) set
 _CLIENT_MODES = frozenset({"outbound", "http_proxy", "gateway"})
-_randbytes = random.randbytes
+_getrandbits = random.getrandbits
 _random = random.random
 
 
@@ -187,7 +187,7 @@ class ListenerTracer:
                     b3_trace = t
         if sampled is None:
             sampled = _random() * 100 < self.rate
-        ids = _randbytes(24).hex()  # this hop's span id, and a trace id if the caller gave none (one draw)
+        ids = _getrandbits(192).to_bytes(24, "little").hex()  # this hop's span id, a trace id if none came (one draw)
         span = ids[32:]
         if span == _ZERO_SPAN:
             span = _ONE_SPAN
