@@ -145,13 +145,12 @@ class Authorizer(Protocol):
 class TelemetrySink(Protocol):
     """Sees every request on a listener: metrics, traces, access logs."""
 
-    def request_started(self, request: RequestView) -> None:
-        """Called when the request headers are read. Must not block."""
-
     def request_finished(self, request: RequestView, response: ResponseInfo) -> None:
         """Called when the response is done or failed. Must not block."""
 
-    # Optional, for tcp listeners (engines look them up once, at build time):
+    # Optional (engines look them up once, at build time, and skip sinks without them):
+    #   request_started(request: RequestView) -> None   when the request headers are read
+    # and, for tcp listeners:
     #   tcp_opened(info: TcpInfo) -> None   when the upstream connection is established
     #   tcp_closed(info: TcpInfo) -> None   when both sides are closed, with final byte counts
     #                                       (also after a failed connect, with no tcp_opened before it)

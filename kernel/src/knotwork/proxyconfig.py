@@ -384,7 +384,7 @@ PEER_HEADER = "x-knotwork-peer"
 _UNKNOWN = "unknown"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class PeerInfo:
     """A workload as telemetry labels it (Istio's ``*_workload``, ``*_app``, …).
 
