@@ -237,8 +237,10 @@ def test_tcp_lines_open_and_close() -> None:
     sinks.feed(line(lis, type="TcpUpstreamConnected", rx=0, tx=0))
     sinks.feed(line(lis, type="TcpConnectionEnd", ms=1250, peer=None))
     sinks.feed(line(lis, type="TcpConnectionEnd", peer='["r-v1"]'))  # not five fields: unknown
-    (_, opened), (_, closed), (_, odd) = calls
+    sinks.feed(line(lis, type="TcpConnectionEnd", peer='["r-v1","default","","v1","unknown"]'))  # an empty app label
+    (_, opened), (_, closed), (_, odd), (_, empty) = calls
     assert opened.upstream_peer.workload == "r-v1" and closed.upstream_peer == PeerInfo() == odd.upstream_peer
+    assert empty.upstream_peer == PeerInfo("r-v1", "default", "", "v1")
     assert (closed.bytes_received, closed.bytes_sent, closed.duration) == (3, 10, 1.25)
 
 

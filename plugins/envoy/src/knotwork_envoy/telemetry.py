@@ -180,7 +180,7 @@ class AccessLogSinks:
         self.strategies, self.settings = strategies, settings
         self._chains: dict[str, _Chain] = {}
         self._known: dict[bytes, _Known] = {}
-        self._peers: dict[Any, PeerInfo] = {}
+        self._peers: dict[str | None, PeerInfo] = {}
         self._identities: dict[str, str | None] = {}
         self._warned: set[str] = set()
         #: lines handled, and sink calls that raised
@@ -223,7 +223,7 @@ class AccessLogSinks:
         log.debug("telemetry chain built", listener=listener.name, sinks=[type(s).__name__ for s in sinks])
         return made
 
-    def _peer(self, text: Any) -> PeerInfo:
+    def _peer(self, text: str | None) -> PeerInfo:
         """The upstream endpoint's workload from its metadata's ``peer``, a JSON array of the five
         :class:`PeerInfo` fields (all unknown without, or when it is not one)."""
         peer = self._peers.get(text)
@@ -232,12 +232,11 @@ class AccessLogSinks:
                 fields = json.loads(text) if type(text) is str else None
             except ValueError:
                 fields = None
-            ok = type(fields) is list and len(fields) == 5 and all(type(f) is str and f for f in fields)
+            ok = type(fields) is list and len(fields) == 5 and all(type(f) is str for f in fields)
             peer = PeerInfo(*fields) if ok else PeerInfo()  # type: ignore[misc]
             if len(self._peers) >= 4096:
                 self._peers.clear()
-            if type(text) is str:
-                self._peers[text] = peer
+            self._peers[text if type(text) is str else None] = peer
         return peer
 
     def _identity(self, san: str) -> str | None:
