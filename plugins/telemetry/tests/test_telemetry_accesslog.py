@@ -24,7 +24,6 @@ def lines(capsys) -> list[dict]:
 
 def test_a_request_is_one_json_line_on_stdout(capsys):
     sink = AccessLogSink(outbound_listener(), None)
-    sink.request_started(request())
     sink.request_finished(
         request(headers={"x-request-id": "7f1c", "user-agent": "curl/8", "x-forwarded-for": "10.0.0.9"},
                 trace_id="4bf92f3577b34da6a3ce929d0e0e4736"),

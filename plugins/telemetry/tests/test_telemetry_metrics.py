@@ -216,7 +216,6 @@ def test_a_disabled_metric_is_not_exported():
 def test_listeners_without_observability_or_metrics_do_nothing():
     for listener in (Listener("x", "127.0.0.1", 1, "outbound"), outbound_listener(metrics=False)):
         sink = MetricsSink(listener, None)
-        sink.request_started(request())
         sink.request_finished(request(), outbound_response())
         sink.tcp_opened(Tcp())
         sink.tcp_closed(Tcp())

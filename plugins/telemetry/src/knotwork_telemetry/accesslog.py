@@ -18,19 +18,20 @@ flush, per request. Now:
   formatted: ~5 µs. ``json.JSONEncoder.encode`` of those fields alone took
   ~9 µs. The timestamp's date and time are formatted once per second, the
   whole of it once per millisecond.
+- Per request the sink only queues the raw values of its line in the
+  process's pending list (see :mod:`.store`); the lines are made when the
+  pending tuples are digested, together, with warm caches.
 - Lines are written in batches, as Envoy flushes its access log files: the
   lines of an output queue and go out together through one
-  ``structlog.WriteLogger`` write (one ``write`` system call), at most
-  :data:`FLUSH_DELAY` seconds after the first one queued, or as soon as
-  :data:`FLUSH_SIZE` characters wait, and at exit. Lines stay whole and in
-  order. Outside a running event loop (tests, tools) a line is written at
-  once.
+  ``structlog.WriteLogger`` write (one ``write`` system call) at the end of
+  each flush of the pending tuples — at most :data:`FLUSH_DELAY` seconds
+  after the first one queued — or as soon as :data:`FLUSH_SIZE` characters
+  wait, and at exit. Lines stay whole and in order. Outside a running event
+  loop (tests, tools) a line is written at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import json
 import sys
 import time
@@ -41,11 +42,13 @@ import structlog
 from knotwork.proxyconfig import PEER_HEADER, Listener
 
 from . import peers
+from . import store as _store
+from .store import PENDING, PENDING_MAX, queued
 
 __all__ = ["FLUSH_DELAY", "FLUSH_SIZE", "AccessLogSink", "flush", "rfc3339_ms"]
 
-#: seconds a queued line may wait for others before the batch is written
-FLUSH_DELAY = 0.1
+#: seconds a queued line may wait for others before the batch is written (the store's flush timer)
+FLUSH_DELAY = _store.FLUSH_DELAY
 #: characters queued that are written at once
 FLUSH_SIZE = 64 * 1024
 
@@ -106,29 +109,16 @@ class _Output:
         self._logger = structlog.WriteLogger(file)
         self._lines: list[str] = []
         self._size = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the timer is on
 
     def write(self, line: str) -> None:
+        """Queue `line` (written at the end of the store's flush, or now when the queue is long)."""
         self._lines.append(line)
         self._size += len(line)
         if self._size >= FLUSH_SIZE:
             self.flush()
-        elif self._timer is None or self._loop.is_closed():  # type: ignore[union-attr]  # (set with the timer)
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no event loop here: nothing would come back to flush
-                self.flush()
-                return
-            self._timer, self._loop = loop.call_later(FLUSH_DELAY, self.flush), loop
 
     def flush(self) -> None:
         """Write the queued lines (one write)."""
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            if not self._loop.is_closed():  # type: ignore[union-attr]  # (set with the timer)
-                timer.cancel()
         lines = self._lines
         if not lines:
             return
@@ -154,11 +144,17 @@ def _output(file: IO[str]) -> _Output:
     return found[1]
 
 
-@atexit.register
-def flush() -> None:
-    """Write every queued line now (at exit too)."""
+def _write_outputs() -> None:
     for _, output in list(_OUTPUTS.values()):
         output.flush()
+
+
+_store.after_flush(_write_outputs)
+
+
+def flush() -> None:
+    """Make and write every queued line now (the store's flush: metrics too)."""
+    _store.flush()
 
 
 class AccessLogSink:
@@ -167,7 +163,7 @@ class AccessLogSink:
     def __init__(self, listener: Listener, settings: Any = None, *, file: IO[str] | None = None) -> None:
         obs = listener.observability
         if obs is None or not obs.access_log:
-            self.request_started = self.request_finished = self.tcp_opened = self.tcp_closed = _nothing
+            self.request_finished = self.tcp_opened = self.tcp_closed = _nothing
             return
         if obs.reporter not in ("source", "destination"):
             raise ValueError(f"observability.reporter: expected source or destination, got {obs.reporter!r}")
@@ -179,9 +175,7 @@ class AccessLogSink:
         self._lines: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         # the fields every line of this listener shares, encoded once
         self._head = _encode({"log_type": "access", "reporter": obs.reporter, "listener": listener.name})[:-1] + ","
-
-    def request_started(self, request: Any) -> None:
-        return None
+        self._digest, self._tcp_line = self._line, self._tcp_line  # bound once: they go into every queued tuple
 
     def tcp_opened(self, info: Any) -> None:
         return None
@@ -220,22 +214,33 @@ class AccessLogSink:
 
     def request_finished(self, request: Any, response: Any) -> None:
         header = request.header
-        identity = request.connection.peer_identity
-        upstream = response.upstream_peer
-        # What the line's fixed parts depend on (the upstream peer by identity: its attrs hash is slow).
-        key = (request.method, request.protocol, response.status, response.grpc_status, response.flags,
-               response.upstream, response.cluster, request.authority, header("user-agent"), identity, id(upstream),
-               None if self._source_reporter else header(PEER_HEADER))
+        connection = request.connection
+        PENDING.append((
+            self._digest, request.method, request.protocol, response.status, response.grpc_status, response.flags,
+            response.upstream, response.cluster, request.authority, header("user-agent"), connection.peer_identity,
+            response.upstream_peer, None if self._source_reporter else header(PEER_HEADER),
+            request.start_time, request.path, response.bytes_received, response.bytes_sent, response.duration,
+            header("x-request-id"), request.trace_id, header("x-forwarded-for"), connection.peer_address))
+        if len(PENDING) == 1 or len(PENDING) >= PENDING_MAX:
+            queued()
+
+    def _line(self, entry: tuple[Any, ...]) -> None:
+        """Make a request's line from its queued values (see :meth:`request_finished`) and queue it for output."""
+        (_, method, protocol, status, grpc_status, flags, upstream_host, cluster, authority, agent, identity,
+         upstream, peer, start_time, path, received, sent, duration, request_id, trace_id, xff, address) = entry
+        # What the line's fixed parts depend on (the upstream peer by identity: kept in the cached parts).
+        key = (method, protocol, status, grpc_status, flags, upstream_host, cluster, authority, agent, identity,
+               id(upstream), peer)
         found = self._lines.get(key)
         if found is None or found[3] is not upstream:
             found = self._segments(key, upstream)
         self._write(
-            f'{self._head}"start_time":"{rfc3339_ms(request.start_time)}",{found[0]}"path":{_json(request.path)},'
-            f'{found[1]}"bytes_received":{_number(response.bytes_received)},'
-            f'"bytes_sent":{_number(response.bytes_sent)},"duration":{int(response.duration * 1000)},'
-            f'{found[2]}"x_request_id":{_json(header("x-request-id"))},"trace_id":{_json(request.trace_id)},'
-            f'{found[4]}"x_forwarded_for":{_json(header("x-forwarded-for"))},'
-            f'"downstream_remote_address":{_address(request.connection.peer_address)},{found[5]}}}')
+            f'{self._head}"start_time":"{rfc3339_ms(start_time)}",{found[0]}"path":{_json(path)},'
+            f'{found[1]}"bytes_received":{_number(received)},'
+            f'"bytes_sent":{_number(sent)},"duration":{int(duration * 1000)},'
+            f'{found[2]}"x_request_id":{_json(request_id)},"trace_id":{_json(trace_id)},'
+            f'{found[4]}"x_forwarded_for":{_json(xff)},'
+            f'"downstream_remote_address":{_address(address)},{found[5]}}}')
 
     def _segments(self, key: tuple[Any, ...], upstream: Any) -> tuple[Any, ...]:
         """The encoded fixed parts of the lines of `key` (see :meth:`request_finished`), cached."""
@@ -256,10 +261,18 @@ class AccessLogSink:
 
     def tcp_closed(self, info: Any) -> None:
         connection = info.connection
-        identities = self._identities(None, connection.peer_identity, info.cluster, info.upstream_peer, None)
+        PENDING.append((self._tcp_line, connection.peer_identity, info.cluster, info.upstream_peer, info.start_time,
+                        info.flags, info.bytes_received, info.bytes_sent, info.duration, info.upstream,
+                        connection.peer_address))
+        if len(PENDING) == 1 or len(PENDING) >= PENDING_MAX:
+            queued()
+
+    def _tcp_line(self, entry: tuple[Any, ...]) -> None:
+        _, identity, cluster, upstream_peer, start_time, flags, received, sent, duration, upstream, address = entry
+        identities = self._identities(None, identity, cluster, upstream_peer, None)
         self._write(
-            f'{self._head}"start_time":"{rfc3339_ms(info.start_time)}","protocol":"tcp",'
-            f'"response_flags":{_json(info.flags)},"bytes_received":{_number(info.bytes_received)},'
-            f'"bytes_sent":{_number(info.bytes_sent)},"duration":{int(info.duration * 1000)},'
-            f'"upstream_host":{_json(info.upstream)},"upstream_cluster":{_json(info.cluster)},'
-            f'"downstream_remote_address":{_address(connection.peer_address)},{identities}}}')
+            f'{self._head}"start_time":"{rfc3339_ms(start_time)}","protocol":"tcp",'
+            f'"response_flags":{_json(flags)},"bytes_received":{_number(received)},'
+            f'"bytes_sent":{_number(sent)},"duration":{int(duration * 1000)},'
+            f'"upstream_host":{_json(upstream)},"upstream_cluster":{_json(cluster)},'
+            f'"downstream_remote_address":{_address(address)},{identities}}}')

@@ -2,10 +2,11 @@
 
 Built once per listener and config (``factory(listener, settings)``); what
 the listener reports comes from ``listener.observability``
-(:class:`knotwork.proxyconfig.Observability`). Per request the sink makes one
-small tuple of what the labels depend on (cluster, upstream peer, status,
-flags, …), looks its series up in a dict and adds to plain lists; labels are
-worked out once per distinct tuple. A listener without observability, or
+(:class:`knotwork.proxyconfig.Observability`). Per request the sink queues
+one tuple of raw values (see :mod:`.store`); when it is digested, the values
+the labels depend on (cluster, upstream peer, status, flags, …) find their
+series in a dict and the sink adds to plain lists; labels are worked out once
+per distinct key. A listener without observability, or
 with metrics off, gets methods that return at once.
 """
 
@@ -21,7 +22,7 @@ from . import peers
 from .expressions import compile_expression
 from .naming import METRICS, NAMINGS, Naming
 from .peers import UNKNOWN
-from .store import Family, store
+from .store import PENDING, PENDING_MAX, Family, queued, store
 
 __all__ = ["HTTP_LABELS", "TCP_LABELS", "MetricsSink"]
 
@@ -72,7 +73,7 @@ class MetricsSink:
         obs: Observability | None = listener.observability
         self._cache: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         if obs is None or not obs.metrics:
-            self.request_started = self.request_finished = self.tcp_opened = self.tcp_closed = _nothing
+            self.request_finished = self.tcp_opened = self.tcp_closed = _nothing
             return
         naming = NAMINGS.get(obs.naming)
         if naming is None:
@@ -86,14 +87,13 @@ class MetricsSink:
         self._plans = self._make_plans(obs, naming)
         self._workload = obs.workload
         self._service = (obs.service, *peers.split_fqdn(obs.service)) if obs.service else None
+        # the digest of this listener's tuples, bound once (a bound method read from the class is made per read)
+        self._digest = self._digest_source if obs.reporter == "source" else self._digest_destination
         if obs.reporter == "source":
             self.request_finished = self._finished_source if not self._dynamic else self._finished_source_dynamic
         else:
             self.request_finished = (self._finished_destination if not self._dynamic
                                      else self._finished_destination_dynamic)
-
-    def request_started(self, request: Any) -> None:
-        return None
 
     # ── plans: families and tag overrides, once per listener ────────────────
 
@@ -132,64 +132,73 @@ class MetricsSink:
 
     # ── requests ────────────────────────────────────────────────────────────
 
+    # Per request only the raw values go to the store's pending list (see .store); `_digest_*` turn them into
+    # counter updates when the pending tuples are flushed. Dynamic tag values read the request: worked out now.
+
     def _finished_source(self, request: Any, response: Any) -> None:
-        ctype = request.header("content-type")
-        upstream = response.upstream_peer
-        # the upstream peer by identity (kept in the series, so its id stays its own): its attrs hash is slow
-        key = (response.cluster, id(upstream), response.status, response.flags, response.grpc_status,
-               ctype is not None and ctype.startswith("application/grpc"), request.authority)
-        found = self._cache.get(key)
-        if found is None or found[4] is not upstream:
-            found = self._http_series(key, (), self._source_base(key, upstream), upstream)
-        self._record(found, response)
+        PENDING.append((self._digest, response.cluster, response.upstream_peer, response.status, response.flags,
+                        response.grpc_status, request.header("content-type"), request.authority, (),
+                        response.duration, response.bytes_received, response.bytes_sent))
+        if len(PENDING) == 1 or len(PENDING) >= PENDING_MAX:
+            queued()
 
     def _finished_source_dynamic(self, request: Any, response: Any) -> None:
-        ctype = request.header("content-type")
-        upstream = response.upstream_peer
-        dyn = tuple(f(request, response) for f in self._dynamic)
-        key = (response.cluster, id(upstream), response.status, response.flags, response.grpc_status,
-               ctype is not None and ctype.startswith("application/grpc"), request.authority, *dyn)
+        PENDING.append((self._digest, response.cluster, response.upstream_peer, response.status, response.flags,
+                        response.grpc_status, request.header("content-type"), request.authority,
+                        tuple(f(request, response) for f in self._dynamic),
+                        response.duration, response.bytes_received, response.bytes_sent))
+        if len(PENDING) == 1 or len(PENDING) >= PENDING_MAX:
+            queued()
+
+    def _finished_destination(self, request: Any, response: Any) -> None:
+        PENDING.append((self._digest, request.header(PEER_HEADER), request.connection.peer_identity,
+                        response.status, response.flags, response.grpc_status, request.header("content-type"),
+                        response.cluster, request.authority, (),
+                        response.duration, response.bytes_received, response.bytes_sent))
+        if len(PENDING) == 1 or len(PENDING) >= PENDING_MAX:
+            queued()
+
+    def _finished_destination_dynamic(self, request: Any, response: Any) -> None:
+        PENDING.append((self._digest, request.header(PEER_HEADER), request.connection.peer_identity,
+                        response.status, response.flags, response.grpc_status, request.header("content-type"),
+                        response.cluster, request.authority, tuple(f(request, response) for f in self._dynamic),
+                        response.duration, response.bytes_received, response.bytes_sent))
+        if len(PENDING) == 1 or len(PENDING) >= PENDING_MAX:
+            queued()
+
+    def _digest_source(self, entry: tuple[Any, ...]) -> None:
+        _, cluster, upstream, status, flags, grpc_status, ctype, authority, dyn, duration, received, sent = entry
+        # the upstream peer by identity (kept in the series, so its id stays its own)
+        key = (cluster, id(upstream), status, flags, grpc_status,
+               ctype is not None and ctype.startswith("application/grpc"), authority, *dyn)
         found = self._cache.get(key)
         if found is None or found[4] is not upstream:
             found = self._http_series(key, dyn, self._source_base(key, upstream), upstream)
-        self._record(found, response)
+        self._record(found, duration, received, sent)
 
-    def _finished_destination(self, request: Any, response: Any) -> None:
-        ctype = request.header("content-type")
-        key = (request.header(PEER_HEADER), request.connection.peer_identity, response.status, response.flags,
-               response.grpc_status, ctype is not None and ctype.startswith("application/grpc"),
-               None if self._service else response.cluster, None if self._service else request.authority)
-        found = self._cache.get(key)
-        if found is None:
-            found = self._http_series(key, (), self._destination_base(key), None)
-        self._record(found, response)
-
-    def _finished_destination_dynamic(self, request: Any, response: Any) -> None:
-        ctype = request.header("content-type")
-        dyn = tuple(f(request, response) for f in self._dynamic)
-        key = (request.header(PEER_HEADER), request.connection.peer_identity, response.status, response.flags,
-               response.grpc_status, ctype is not None and ctype.startswith("application/grpc"),
-               None if self._service else response.cluster, None if self._service else request.authority, *dyn)
+    def _digest_destination(self, entry: tuple[Any, ...]) -> None:
+        _, header, identity, status, flags, grpc_status, ctype, cluster, authority, dyn, duration, received, sent = entry
+        key = (header, identity, status, flags, grpc_status,
+               ctype is not None and ctype.startswith("application/grpc"),
+               None if self._service else cluster, None if self._service else authority, *dyn)
         found = self._cache.get(key)
         if found is None:
             found = self._http_series(key, dyn, self._destination_base(key), None)
-        self._record(found, response)
+        self._record(found, duration, received, sent)
 
-    def _record(self, series: tuple[Any, ...], response: Any) -> None:
+    def _record(self, series: tuple[Any, ...], seconds: float, received_bytes: int, sent_bytes: int) -> None:
         count, duration, received, sent, _ = series
         count[0] += 1
-        value = response.duration * self._scale
+        value = seconds * self._scale
         duration[0] += 1
         duration[1] += value
         duration[2 + bisect_left(self._dbounds, value)] += 1
-        value = response.bytes_received
         received[0] += 1
-        received[1] += value
-        received[2 + bisect_left(self._bbounds, value)] += 1
-        value = response.bytes_sent
+        received[1] += received_bytes
+        received[2 + bisect_left(self._bbounds, received_bytes)] += 1
         sent[0] += 1
-        sent[1] += value
-        sent[2 + bisect_left(self._bbounds, value)] += 1
+        sent[1] += sent_bytes
+        sent[2 + bisect_left(self._bbounds, sent_bytes)] += 1
 
     def _http_series(self, key: tuple[Any, ...], dynamic: Sequence[str], base: list[tuple[str, str]],
                      upstream: PeerInfo | None) -> tuple[Any, ...]:

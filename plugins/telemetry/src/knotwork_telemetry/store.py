@@ -13,10 +13,23 @@ them and this plugin.
 Series outlive configs: a listener's sinks are rebuilt on every push, the
 counters they found stay. Label sets may differ between series of one family
 (tag overrides per listener), which the text format allows.
+
+Sinks record, they do not compute, per request: ``request_finished`` appends
+one tuple of the raw values it needs to the process's :data:`PENDING` list
+(its first item: the function that digests it) and :func:`flush` digests the
+pending tuples — counter updates, access lines — in one tight loop, where the
+code and the caches it reads stay warm (in a busy proxy the same work done
+once between two requests took about five times as long). Flushes happen
+:data:`FLUSH_DELAY` seconds after a tuple is queued on an event loop, when
+:data:`PENDING_MAX` tuples wait, before every scrape (the collector flushes
+first, so a scrape sees every request finished before it), and at exit.
+Outside a running event loop (tests, tools) a tuple is digested at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -26,7 +39,69 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["Family", "Store", "store"]
+__all__ = ["FLUSH_DELAY", "PENDING", "PENDING_MAX", "Family", "Store", "after_flush", "flush", "queued", "store"]
+
+#: seconds a queued tuple may wait for others before the pending tuples are digested
+FLUSH_DELAY = 0.1
+#: tuples waiting that are digested at once
+PENDING_MAX = 4096
+#: the process's pending tuples: ``(digest, *values)``, digested by ``digest(entry)`` in order
+PENDING: list[tuple[Any, ...]] = []
+_AFTER: list[Any] = []  # called after each flush (the access log writes its lines)
+
+
+class _Timer:
+    handle: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+_timer = _Timer()
+_flush_lock = threading.RLock()
+#: tuples whose digest raised (a sink must never break the data path; counted, as the engines count sink errors)
+errors = [0]
+
+
+def queued() -> None:
+    """Called by a sink after it appended to :data:`PENDING` the first tuple, or :data:`PENDING_MAX` of them:
+    a flush soon (a timer on the running event loop), or now."""
+    if len(PENDING) >= PENDING_MAX:
+        flush()
+        return
+    timer = _timer
+    if timer.handle is None or timer.loop.is_closed():  # type: ignore[union-attr]  # (set with the handle)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop here: nothing would come back to flush
+            flush()
+            return
+        timer.handle, timer.loop = loop.call_later(FLUSH_DELAY, _timed), loop
+
+
+def _timed() -> None:
+    _timer.handle = None
+    flush()
+
+
+@atexit.register
+def flush() -> None:
+    """Digest every pending tuple now (in order), then let the outputs write what they queued."""
+    with _flush_lock:  # scrapes may come from another thread; appends need no lock
+        while PENDING:
+            batch = PENDING[:]
+            del PENDING[:len(batch)]  # (what was appended meanwhile stays)
+            for entry in batch:
+                try:
+                    entry[0](entry)
+                except Exception:  # noqa: BLE001 - one bad tuple must not lose the others
+                    errors[0] += 1
+        for after in _AFTER:
+            after()
+
+
+def after_flush(fn: Any) -> None:
+    """Have `fn()` called at the end of every flush (once per `fn`)."""
+    if fn not in _AFTER:
+        _AFTER.append(fn)
 
 LabelItems = tuple[tuple[str, str], ...]
 
@@ -92,6 +167,7 @@ class Store:
 
     def clear(self) -> None:
         """Forget every series (tests)."""
+        flush()
         for family in list(self.families.values()):
             family.series.clear()
 
@@ -106,6 +182,7 @@ class _Collector:
         return []  # names vary with the naming in use; nothing to reserve at registration
 
     def collect(self) -> Iterator[Metric]:
+        flush()  # every request finished so far is counted
         for family in list(self._store.families.values()):
             if family.series:
                 yield family.metric()
