@@ -30,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from knotwork_native.admin import AdminServer
 from knotwork_native.dataplane import DataPlane
-from knotwork_native.runtime_build import does_nothing
+from knotwork_native.runtime import ListenerRuntime
+from knotwork_native.runtime_build import _observe
 from test_dataplane_support import (
     RawClient,
     Req,
@@ -377,17 +378,19 @@ async def test_admin_serves_prometheus_text() -> None:
         {line.split("{")[0].split(" ")[0] for line in lines if line.startswith("knotwork_proxy_")}
 
 
-def test_request_started_that_does_nothing_is_not_called() -> None:
-    """Sinks often have an empty request_started: the listener's chain leaves it out (a call per request saved)."""
+def test_only_sinks_with_a_request_started_are_called_when_a_request_starts() -> None:
+    """request_started is optional (knotwork.protocols): the listener's chain holds the sinks' that exist."""
 
-    class Quiet:
+    class Finisher:
+        def request_finished(self, request: Any, response: Any) -> None:
+            pass
+
+    class Starter(Finisher):
         def request_started(self, request: Any) -> None:
-            """Nothing to do when a request starts."""
+            pass
 
-        def noted(self, request: Any) -> None:
-            self.last = request
-
-    assert does_nothing(Quiet().request_started)
-    assert does_nothing(lambda *args: None)
-    assert not does_nothing(Quiet().noted)
-    assert not does_nothing(print)  # not Python code: called as it is
+    starter = Starter()
+    lrt = ListenerRuntime(Listener("l", "127.0.0.1", 0, "inbound", route_table="r"), None)
+    lrt.telemetry = (Finisher(), starter)
+    _observe(lrt, "node", "listener 'l'")
+    assert lrt.started == (starter.request_started,)

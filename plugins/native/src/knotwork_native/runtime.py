@@ -334,7 +334,7 @@ class ListenerRuntime:
         self.authn: tuple[Any, ...] = ()
         self.authz: tuple[Any, ...] = ()
         self.telemetry: tuple[Any, ...] = ()
-        self.started: tuple[Any, ...] = ()  # the sinks' bound request_started, but those that do nothing
+        self.started: tuple[Any, ...] = ()  # the bound request_started of the sinks that have one
         self.tcp_opened: tuple[Any, ...] = ()  # the sinks' bound tcp_opened / tcp_closed (tcp listeners)
         self.tcp_closed: tuple[Any, ...] = ()
         self.tracer: Any = None  # a ListenerTracer (see .tracing) when the listener's observability traces

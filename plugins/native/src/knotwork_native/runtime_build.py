@@ -7,7 +7,6 @@ naming the resource and field when the config is invalid.
 
 from __future__ import annotations
 
-import dis
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -188,8 +187,8 @@ def build_runtime(
 def _observe(lrt: ListenerRuntime, node_id: str, where: str) -> None:
     """What the listener's observability asks of the request path: tcp sink methods, the peer line, tracing."""
     lis = lrt.listener
-    lrt.started = tuple(m for m in (getattr(s, "request_started", None) for s in lrt.telemetry)
-                        if callable(m) and not does_nothing(m))
+    # request_started is optional (knotwork.protocols): only the sinks that have one are called per request
+    lrt.started = tuple(m for m in (getattr(s, "request_started", None) for s in lrt.telemetry) if callable(m))
     if lis.protocol == "tcp":
         lrt.tcp_opened = tuple(m for m in (getattr(s, "tcp_opened", None) for s in lrt.telemetry) if callable(m))
         lrt.tcp_closed = tuple(m for m in (getattr(s, "tcp_closed", None) for s in lrt.telemetry) if callable(m))
@@ -205,20 +204,6 @@ def _observe(lrt: ListenerRuntime, node_id: str, where: str) -> None:
         if not obs.tracing.endpoint:
             raise ValueError(f"{where}: observability.tracing.endpoint is empty")
         lrt.tracer = ListenerTracer(lis, obs.tracing, node_id)
-
-
-def does_nothing(method: Any) -> bool:
-    """Whether `method` is a Python function whose whole body is ``return None`` (a docstring aside).
-
-    Sinks often have such a ``request_started``; calling it on every request
-    would only cost time (a call is ~1 µs in a busy proxy), so it is left out
-    of the listener's chain.
-    """
-    code = getattr(getattr(method, "__func__", method), "__code__", None)
-    if code is None:
-        return False
-    steps = [(i.opname, i.argval) for i in dis.get_instructions(code) if i.opname not in ("RESUME", "NOP", "CACHE")]
-    return steps in ([("LOAD_CONST", None), ("RETURN_VALUE", None)], [("RETURN_CONST", None)])
 
 
 def _build_plans(table: RouteTable, clusters: Mapping[str, ClusterRuntime], where: str, known: frozenset[str]) -> dict[int, RoutePlan]:
