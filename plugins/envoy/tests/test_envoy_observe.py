@@ -222,19 +222,6 @@ def test_inbound_lines_have_no_upstream_peer_and_a_failing_sink_does_not_stop_th
     assert req.connection.peer_identity == "spiffe://td/ns/default/sa/ratings" and req.connection.tls is True
 
 
-def test_a_request_started_that_does_nothing_is_not_called() -> None:
-    calls: list[Any] = []
-
-    class Quiet(Sink):
-        def request_started(self, request: Any) -> None:
-            """Nothing to do at the start."""
-            return None
-
-    sinks = AccessLogSinks({"metrics": Strategy("metrics", lambda lis, s: Quiet(calls))}, {})
-    sinks.feed(line(listener(telemetry=("metrics",))))
-    assert [c[0] for c in calls] == ["finished"]
-
-
 def test_tcp_lines_open_and_close() -> None:
     calls: list[Any] = []
 

@@ -37,7 +37,6 @@ conversion.
 from __future__ import annotations
 
 import asyncio
-import dis
 import json
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -160,20 +159,9 @@ class _Chain:
         def methods(name: str) -> tuple[Callable[..., Any], ...]:
             return tuple(m for m in (getattr(s, name, None) for s in sinks) if callable(m))
 
-        self.started = tuple(m for m in methods("request_started") if not _does_nothing(m))
-        self.finished = methods("request_finished")
+        self.started, self.finished = methods("request_started"), methods("request_finished")
         self.tcp_opened, self.tcp_closed = methods("tcp_opened"), methods("tcp_closed")
         self.client_side = mode != "inbound"  # the upstream peer is the destination workload
-
-
-def _does_nothing(method: Any) -> bool:
-    """Whether `method` is a Python function whose whole body is ``return None`` (a docstring aside):
-    such a ``request_started`` is left out of the chain, as the native engine does."""
-    code = getattr(getattr(method, "__func__", method), "__code__", None)
-    if code is None:
-        return False
-    steps = [(i.opname, i.argval) for i in dis.get_instructions(code) if i.opname not in ("RESUME", "NOP", "CACHE")]
-    return steps in ([("LOAD_CONST", None), ("RETURN_VALUE", None)], [("RETURN_CONST", None)])
 
 
 class _Known:
