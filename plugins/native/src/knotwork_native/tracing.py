@@ -28,7 +28,6 @@ import asyncio
 import random
 import threading
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 from knotwork.proxyconfig import Listener, Tracing
@@ -41,12 +40,15 @@ _B3_TRACE, _B3_SPAN, _B3_PARENT, _B3_SAMPLED, _B3_FLAGS = (
     b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags")
 _NAMES = frozenset((_TRACEPARENT, _B3, _B3_TRACE, _B3_SPAN, _B3_PARENT, _B3_SAMPLED, _B3_FLAGS))
 _HEX = frozenset(b"0123456789abcdef")
-_NOT_FOUND: Mapping[bytes, int] = MappingProxyType({})
 _ZERO_TRACE, _ONE_TRACE, _ZERO_SPAN, _ONE_SPAN = "0" * 32, "0" * 31 + "1", "0" * 16, "0" * 15 + "1"
 _HEX_DASH = b"0123456789abcdef-"
 _ODD = frozenset(b"13579bdf")  # a last hex digit with the low bit (sampled) set
 _CLIENT_MODES = frozenset({"outbound", "http_proxy", "gateway"})
 _getrandbits = random.getrandbits
+_ID_FORMAT = "%048x"  # 192 random bits: a 32-digit trace id, then a 16-digit span id
+_SPAN_FORMAT = "%016x"
+_TRACEPARENT_ONLY = frozenset((_TRACEPARENT,))
+_COLON, _CRLF = b": ", b"\r\n"
 _random = random.random
 
 
@@ -135,12 +137,39 @@ class ListenerTracer:
         """Extract the caller's context, decide, and rewrite the request's trace headers for this hop."""
         parts = ex.parts
         names = parts[::4]
-        # where the first of each trace header is (searched in C; a first hop's requests mostly have none)
-        found: Mapping[bytes, int] = _NOT_FOUND
-        if not _NAMES.isdisjoint(names):
-            found = {}
-            for n in _NAMES.intersection(names):
-                found[n] = 4 * names.index(n)
+        if _NAMES.isdisjoint(names):  # a first hop: no context came, nothing to parse or replace
+            ids = _ID_FORMAT % _getrandbits(192)  # a trace id and this hop's span id, one draw
+            trace = ids[:32]
+            span = ids[32:]
+            if trace == _ZERO_TRACE or span == _ZERO_SPAN:
+                trace, span = trace if trace != _ZERO_TRACE else _ONE_TRACE, span if span != _ZERO_SPAN else _ONE_SPAN
+            ex.trace_id = trace
+            if self.rate and _random() * 100 < self.rate:
+                ex.trace = (trace, span, None)
+                parts += (_TRACEPARENT, _COLON, f"00-{trace}-{span}-01".encode(), _CRLF)
+            else:
+                parts += (_TRACEPARENT, _COLON, f"00-{trace}-{span}-00".encode(), _CRLF)
+            return
+        present = _NAMES.intersection(names)
+        if present == _TRACEPARENT_ONLY:  # a next hop: the previous one's traceparent, nothing else
+            at = 4 * names.index(_TRACEPARENT) + 2
+            ctx = parse_traceparent(parts[at])
+            if ctx is not None:
+                trace, parent, sampled = ctx
+                span = _SPAN_FORMAT % _getrandbits(64)
+                if span == _ZERO_SPAN:
+                    span = _ONE_SPAN
+                ex.trace_id = trace
+                if sampled:
+                    ex.trace = (trace, span, parent)
+                    parts[at] = f"00-{trace}-{span}-01".encode()
+                else:
+                    parts[at] = f"00-{trace}-{span}-00".encode()
+                return
+        # where the first of each trace header is (searched in C)
+        found: dict[bytes, int] = {}
+        for n in present:
+            found[n] = 4 * names.index(n)
         trace = parent = None
         sampled: bool | None = None
         b3_single = b3_multi = False
