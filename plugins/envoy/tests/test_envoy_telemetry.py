@@ -52,7 +52,8 @@ ME = PeerInfo("productpage-v1", "default", "productpage", "v1", "spiffe://cluste
 REVIEWS = LbEndpoint("127.0.0.1", 0, workload="reviews-v1", namespace="default", labels={"app": "reviews", "version": "v1"},
                      identity="spiffe://cluster.local/ns/default/sa/reviews")
 OUT_CLUSTER = "outbound|9080||reviews.default.svc.cluster.local"
-TEST_COUNTER = Counter("knotwork_envoy_test_finished", "requests the test sink saw", registry=REGISTRY)
+TEST_COUNTER = Counter("knotwork_envoy_test_finished", "requests the test sink saw", registry=None)  # in REGISTRY
+# while this module's mesh runs (other modules scrape the process's REGISTRY and must not see it)
 
 
 class Recorder:
@@ -123,6 +124,7 @@ async def mesh() -> Any:
     }
     otlp = OtlpReceiver()
     app = Upstream("reviews")
+    registered = False
     await app.start()
     echo, echo_port = await tcp_echo()
     out_port, in_port, tcp_port = free_port(), free_port(), free_port()
@@ -158,9 +160,13 @@ async def mesh() -> Any:
         try:
             await wait_for(lambda: proxy.agent.ready or task.done(), 15, "envoy to be ready")
             assert proxy.agent.ready
+            REGISTRY.register(TEST_COUNTER)
+            registered = True
             yield SimpleNamespace(proxy=proxy, calls=calls, app=app, otlp=otlp, out=out_port, inbound=in_port,
                                   tcp=tcp_port)
         finally:
+            if registered:
+                REGISTRY.unregister(TEST_COUNTER)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await app.stop()
