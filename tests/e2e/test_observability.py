@@ -1,7 +1,8 @@
 """Observability on both engines: Bookinfo under load, seen through metrics, traces and access logs.
 
-The mesh is Bookinfo with Istio's metric names (so Kiali's and Grafana's queries apply), no random
-sampling (only callers' decisions make traces) and spans sent to an in-suite OTLP receiver.
+The mesh is the shared Bookinfo (see ``conftest.MESH_TELEMETRY``): Istio's metric names (so Kiali's and
+Grafana's queries apply), no random sampling (only callers' decisions make traces) and spans sent to the
+in-suite OTLP receiver.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import secrets
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,16 +18,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..otlp import OtlpReceiver, Span
-from .harness import REPO, RunningMesh, running_mesh, wait_for
+from .harness import RunningMesh, wait_for
 from .test_bookinfo import SERVED_BY
 
-MESH_TELEMETRY = """
-mesh:
-  telemetry:
-    metric_names: istio
-    tracing_sampling: 0
-    tracing_endpoint: {endpoint}
-"""
 FAULT = """apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: ratings-fault, namespace: default}
@@ -38,23 +30,6 @@ spec:
   - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
     route: [{destination: {host: ratings}}]
 """
-
-
-@pytest.fixture(scope="module")
-def otlp() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture(scope="module")
-def observed(engine: str, otlp: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    """Bookinfo with the telemetry settings above, one per engine."""
-    source = tmp_path_factory.mktemp(f"observed-src-{engine}") / "bookinfo"
-    shutil.copytree(REPO / "examples" / "bookinfo", source, ignore=shutil.ignore_patterns(".knotwork", "tests", "__pycache__"))
-    with (source / "knotwork.yaml").open("a") as f:
-        f.write(MESH_TELEMETRY.format(endpoint=otlp.endpoint))
-    with running_mesh(source, tmp_path_factory.mktemp(f"observed-{engine}"), "--engine", engine) as mesh:
-        yield mesh
 
 
 # ── metrics ──────────────────────────────────────────────────────────────────
@@ -85,10 +60,10 @@ def load(mesh: RunningMesh, pages: int) -> collections.Counter[str]:
     return served
 
 
-def test_counters_per_edge_equal_the_requests_sent(observed: RunningMesh) -> None:
-    before = scrape(observed)
+def test_counters_per_edge_equal_the_requests_sent(bookinfo: RunningMesh) -> None:
+    before = scrape(bookinfo)
     pages = 24
-    served = load(observed, pages)
+    served = load(bookinfo, pages)
     assert sum(served.values()) == pages and set(served) == {"reviews-v1", "reviews-v2", "reviews-v3"}, served
     edges = [({"source_workload": "ingress", "destination_workload": "productpage-v1",
                "destination_service_name": "productpage", "destination_app": "productpage"}, pages),
@@ -105,7 +80,7 @@ def test_counters_per_edge_equal_the_requests_sent(observed: RunningMesh) -> Non
     wanted = [(reporter, labels, count) for labels, count in edges for reporter in ("source", "destination")]
 
     def deltas() -> list[float]:
-        after = scrape(observed)
+        after = scrape(bookinfo)
         return [total(after, "istio_requests_total", reporter=r, response_code="200", **lab)
                 - total(before, "istio_requests_total", reporter=r, response_code="200", **lab) for r, lab, _ in wanted]
 
@@ -116,7 +91,7 @@ def test_counters_per_edge_equal_the_requests_sent(observed: RunningMesh) -> Non
     got = wait_for(reached, 20, "every edge's counters to reach the requests sent")
     assert got == [c for _, _, c in wanted], list(zip(got, wanted))
 
-    after = scrape(observed)
+    after = scrape(bookinfo)
     # the destination side knows its caller by its mTLS identity, and says so
     assert total(after, "istio_requests_total", reporter="destination", source_workload="productpage-v1",
                  destination_workload="details-v1", connection_security_policy="mutual_tls",
@@ -163,8 +138,8 @@ def to(service: str):
 
 
 @pytest.mark.parametrize("style", ["w3c", "b3", "b3multi"])
-def test_one_trace_across_productpage_reviews_ratings(observed: RunningMesh, otlp: OtlpReceiver, style: str) -> None:
-    trace_id, caller = traced_page(observed, style)
+def test_one_trace_across_productpage_reviews_ratings(bookinfo: RunningMesh, otlp: OtlpReceiver, style: str) -> None:
+    trace_id, caller = traced_page(bookinfo, style)
 
     def complete() -> list[Span] | None:  # each proxy exports in its own batches: wait for all of them
         spans = otlp.trace(trace_id)
@@ -193,9 +168,9 @@ def test_one_trace_across_productpage_reviews_ratings(observed: RunningMesh, otl
     assert all(s.parent_id in by_id or s.parent_id == caller for s in spans)
 
 
-def test_a_caller_that_does_not_sample_makes_no_spans(observed: RunningMesh, otlp: OtlpReceiver) -> None:
-    quiet, _ = traced_page(observed, "w3c", sampled=False, want_ratings=False)
-    loud, _ = traced_page(observed, "b3multi", sampled=True, want_ratings=False)
+def test_a_caller_that_does_not_sample_makes_no_spans(bookinfo: RunningMesh, otlp: OtlpReceiver) -> None:
+    quiet, _ = traced_page(bookinfo, "w3c", sampled=False, want_ratings=False)
+    loud, _ = traced_page(bookinfo, "b3multi", sampled=True, want_ratings=False)
     wait_for(lambda: {s.service.split(".")[0] for s in otlp.trace(loud) if s.kind == "SERVER"} >= {"productpage", "details", "reviews"},
              20, "the sampled trace sent after the unsampled one")
     assert otlp.trace(quiet) == []
@@ -210,33 +185,33 @@ def access_lines(mesh: RunningMesh, workload: str) -> list[dict]:
     return [json.loads(line[line.index("{"):]) for line in done.stdout.splitlines() if "{" in line]
 
 
-def test_an_injected_fault_shows_flag_fi_in_metrics_and_access_log(observed: RunningMesh, tmp_path: Path) -> None:
+def test_an_injected_fault_shows_flag_fi_in_metrics_and_access_log(bookinfo: RunningMesh, tmp_path: Path) -> None:
     fault = tmp_path / "fault.yaml"
     fault.write_text(FAULT)
-    done = observed.knotwork("apply", "-f", str(fault))
+    done = bookinfo.knotwork("apply", "-f", str(fault))
     assert done.returncode == 0, done.stderr
     try:
         def aborted() -> bool:
             with httpx.Client(timeout=10) as client:
-                page = client.get(f"{observed.url}/productpage").text
+                page = client.get(f"{bookinfo.url}/productpage").text
             return "Ratings service is currently unavailable" in page
         wait_for(aborted, 20, "ratings calls to be aborted by the fault")
-        before = scrape(observed)
-        served = load(observed, 9)
+        before = scrape(bookinfo)
+        served = load(bookinfo, 9)
     finally:
-        observed.knotwork("delete", "-f", str(fault))
+        bookinfo.knotwork("delete", "-f", str(fault))
     calls = served["reviews-v2"] + served["reviews-v3"]
     fi = {"reporter": "source", "destination_service_name": "ratings", "response_code": "418", "response_flags": "FI"}
 
     def faults() -> float:
-        return total(scrape(observed), "istio_requests_total", **fi) - total(before, "istio_requests_total", **fi)
+        return total(scrape(bookinfo), "istio_requests_total", **fi) - total(before, "istio_requests_total", **fi)
     got = wait_for(lambda: n if (n := faults()) >= calls else None, 20, "FI-flagged requests in reviews' metrics")
     assert got == calls and calls > 0
     # the ratings sidecar never saw them
-    assert total(scrape(observed), "istio_requests_total", reporter="destination", response_code="418") == 0
+    assert total(scrape(bookinfo), "istio_requests_total", reporter="destination", response_code="418") == 0
 
     def fi_lines() -> list[dict]:
-        return [line for w in ("reviews-v2", "reviews-v3") for line in access_lines(observed, w)
+        return [line for w in ("reviews-v2", "reviews-v3") for line in access_lines(bookinfo, w)
                 if line.get("response_flags") == "FI"]
     lines = wait_for(fi_lines, 20, "FI in the access log of reviews-v2 or v3")
     line = lines[-1]
@@ -244,13 +219,13 @@ def test_an_injected_fault_shows_flag_fi_in_metrics_and_access_log(observed: Run
     assert "ratings" in line["upstream_cluster"] and line["x_request_id"]
 
 
-def test_access_log_follows_one_request_across_hops(observed: RunningMesh) -> None:
-    trace_id, _ = traced_page(observed, "w3c", want_ratings=False)
+def test_access_log_follows_one_request_across_hops(bookinfo: RunningMesh) -> None:
+    trace_id, _ = traced_page(bookinfo, "w3c", want_ratings=False)
 
     def hops() -> dict[str, dict] | None:
         found = {}
         for workload in ("ingress", "productpage-v1", "details-v1"):
-            mine = [line for line in access_lines(observed, workload) if line.get("trace_id") == trace_id]
+            mine = [line for line in access_lines(bookinfo, workload) if line.get("trace_id") == trace_id]
             if not mine:
                 return None
             found[workload] = mine[0]
@@ -267,23 +242,23 @@ def test_access_log_follows_one_request_across_hops(observed: RunningMesh) -> No
 # ── scrape configuration and the control plane's own metrics ────────────────
 
 
-def test_prometheus_config_scrapes_every_proxy_and_the_control_plane(observed: RunningMesh) -> None:
-    done = observed.knotwork("prometheus-config")
+def test_prometheus_config_scrapes_every_proxy_and_the_control_plane(bookinfo: RunningMesh) -> None:
+    done = bookinfo.knotwork("prometheus-config")
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     targets = {(job["job_name"], job.get("metrics_path", "/metrics"), t)
                for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
-    assert len(targets) == len(observed.proxy_admin_ports()) + 1
+    assert len(targets) == len(bookinfo.proxy_admin_ports()) + 1
     texts = {}
     for job, path, target in targets:
         response = httpx.get(f"http://{target}{path}", timeout=5)
         assert response.status_code == 200, (job, target)
         texts[target] = response.text
-    assert sum("istio_requests_total{" in t for t in texts.values()) == len(observed.proxy_admin_ports())
+    assert sum("istio_requests_total{" in t for t in texts.values()) == len(bookinfo.proxy_admin_ports())
     control = next(t for t in texts.values() if "knotwork_control_" in t)
     families = {f.name: f for f in text_string_to_metric_families(control)}
     connected = families["knotwork_control_connected_proxies"]
-    assert sum(s.value for s in connected.samples) == len(observed.proxy_admin_ports())
+    assert sum(s.value for s in connected.samples) == len(bookinfo.proxy_admin_ports())
 
 
 # ── the Telemetry API ────────────────────────────────────────────────────────
@@ -311,30 +286,30 @@ spec:
 
 
 def test_telemetry_resources_override_logging_labels_and_sampling_per_workload(
-        observed: RunningMesh, otlp: OtlpReceiver, tmp_path: Path) -> None:
+        bookinfo: RunningMesh, otlp: OtlpReceiver, tmp_path: Path) -> None:
     policy = tmp_path / "telemetry.yaml"
     policy.write_text(TELEMETRY)
     bad = tmp_path / "bad.yaml"
     bad.write_text(TELEMETRY.replace("randomSamplingPercentage: 100", "randomSamplingPercentage: 150"))
-    refused = observed.knotwork("apply", "-f", str(bad))
+    refused = bookinfo.knotwork("apply", "-f", str(bad))
     assert refused.returncode != 0 and "spec.tracing[0].randomSamplingPercentage" in refused.stderr + refused.stdout
     assert "Traceback" not in refused.stderr
-    done = observed.knotwork("apply", "-f", str(policy))
+    done = bookinfo.knotwork("apply", "-f", str(policy))
     assert done.returncode == 0, done.stderr
     try:
         def details_series() -> float:
-            return total(scrape(observed), "istio_requests_total", reporter="destination",
+            return total(scrape(bookinfo), "istio_requests_total", reporter="destination",
                          destination_workload="details-v1", request_operation="GET")
         with httpx.Client(timeout=10) as client:
             def relabelled() -> bool:  # the new config reaches details' sidecar
-                assert client.get(f"{observed.url}/productpage").status_code == 200
+                assert client.get(f"{bookinfo.url}/productpage").status_code == 200
                 return details_series() > 0
             wait_for(relabelled, 20, "details' request counts to carry request_operation")
             before = details_series()
-            ids = [client.get(f"{observed.url}/productpage").status_code for _ in range(3)]
+            ids = [client.get(f"{bookinfo.url}/productpage").status_code for _ in range(3)]
         assert ids == [200, 200, 200]
         assert wait_for(lambda: details_series() - before == 3 or None, 20, "three more GETs counted by details")
-        after = scrape(observed)
+        after = scrape(bookinfo)
         labelled = [lab for n, lab, _ in after if n == "istio_requests_total" and lab.get("request_operation") == "GET"]
         assert all("source_principal" not in lab and lab["destination_workload"] == "details-v1" for lab in labelled)
         # the client side and the other metrics are unchanged
@@ -344,14 +319,14 @@ def test_telemetry_resources_override_logging_labels_and_sampling_per_workload(
         wait_for(lambda: any(s.kind == "CLIENT" and not s.parent_id and to("productpage")(s) for s in otlp),
                  20, "a trace started by the ingress's own sampling")
         # no access log on details any more: the last line it wrote predates the policy
-        quiet = access_lines(observed, "details-v1")
-        assert quiet == access_lines(observed, "details-v1")
+        quiet = access_lines(bookinfo, "details-v1")
+        assert quiet == access_lines(bookinfo, "details-v1")
         with httpx.Client(timeout=10) as client:
-            assert client.get(f"{observed.url}/productpage").status_code == 200
+            assert client.get(f"{bookinfo.url}/productpage").status_code == 200
         wait_for(lambda: details_series() - before == 4 or None, 20, "the fourth GET counted by details")
-        assert access_lines(observed, "details-v1") == quiet
+        assert access_lines(bookinfo, "details-v1") == quiet
     finally:
-        observed.knotwork("delete", "-f", str(policy))
+        bookinfo.knotwork("delete", "-f", str(policy))
 
 
 # ── response flags of the proxies' own replies ──────────────────────────────
@@ -375,26 +350,26 @@ spec:
 """
 
 
-def test_local_replies_carry_envoys_flags_in_reply_metrics_and_access_log(observed: RunningMesh, tmp_path: Path) -> None:
+def test_local_replies_carry_envoys_flags_in_reply_metrics_and_access_log(bookinfo: RunningMesh, tmp_path: Path) -> None:
     """The same failure gives the same flag on both engines: NR for no route, UH for a subset without endpoints."""
     policy = tmp_path / "v9.yaml"
     policy.write_text(NO_ENDPOINTS)
-    before = scrape(observed)
-    done = observed.knotwork("apply", "-f", str(policy))
+    before = scrape(bookinfo)
+    done = bookinfo.knotwork("apply", "-f", str(policy))
     assert done.returncode == 0, done.stderr
     try:
         with httpx.Client(timeout=10) as client:
             def unavailable() -> bool:
-                page = client.get(f"{observed.url}/productpage", headers={"end-user": "flagtest"})
+                page = client.get(f"{bookinfo.url}/productpage", headers={"end-user": "flagtest"})
                 return page.status_code == 200 and "reviews are currently unavailable" in page.text
             wait_for(unavailable, 20, "reviews v9 (no endpoints) to be routed to")
-            missing = client.get(f"{observed.url}/nope")
+            missing = client.get(f"{bookinfo.url}/nope")
         assert (missing.status_code, missing.headers.get("x-knotwork-response-flags")) == (404, "NR")
     finally:
-        observed.knotwork("delete", "-f", str(policy))
+        bookinfo.knotwork("delete", "-f", str(policy))
 
     def flagged(workload: str, flags: str, code: int) -> list[dict]:
-        return [line for line in access_lines(observed, workload)
+        return [line for line in access_lines(bookinfo, workload)
                 if line.get("response_flags") == flags and line.get("response_code") == code]
     nr = wait_for(lambda: flagged("ingress", "NR", 404), 20, "the NR reply in the ingress's access log")
     assert nr[-1]["path"] == "/nope" and nr[-1]["upstream_host"] is None
@@ -402,7 +377,7 @@ def test_local_replies_carry_envoys_flags_in_reply_metrics_and_access_log(observ
     assert uh[-1]["upstream_cluster"] == "outbound|9080|v9|reviews.default.svc.cluster.local"
 
     def delta(**labels: str) -> float:
-        return total(scrape(observed), "istio_requests_total", **labels) - total(before, "istio_requests_total", **labels)
+        return total(scrape(bookinfo), "istio_requests_total", **labels) - total(before, "istio_requests_total", **labels)
     wait_for(lambda: delta(reporter="source", source_workload="ingress", response_code="404", response_flags="NR") >= 1,
              20, "NR in the ingress's metrics")
     wait_for(lambda: delta(reporter="source", source_workload="productpage-v1", destination_service_name="reviews",
