@@ -60,13 +60,16 @@ LOOPBACK = "127.0.0.1"
 TELEMETRY = ("metrics", "access-log")
 
 
-def full_telemetry(reporter: str, workload: str, otlp_endpoint: str, sampling: float = 1.0) -> Observability:
-    """What the telemetry compiler gives a listener by default, with tracing at `sampling` percent."""
+def full_telemetry(reporter: str, workload: str, otlp_endpoint: str, sampling: float = 1.0,
+                   parts: tuple[str, ...] = ("metrics", "access-log", "tracing")) -> Observability:
+    """What the telemetry compiler gives a listener by default, with tracing at `sampling` percent; `parts`
+    keeps only some of ``metrics``, ``access-log`` and ``tracing`` on (what each one costs alone)."""
     return Observability(
         reporter=reporter, workload=PeerInfo(workload=workload, namespace="bench", app=workload, version="v1",
                                              principal=f"spiffe://cluster.local/ns/bench/sa/{workload}"),
         service=SERVICE if reporter == "destination" else "",
-        tracing=Tracing(sampling=sampling, endpoint=otlp_endpoint, service=f"{workload}.bench"),
+        metrics="metrics" in parts, access_log="access-log" in parts,
+        tracing=Tracing(sampling=sampling, endpoint=otlp_endpoint, service=f"{workload}.bench") if "tracing" in parts else None,
     )
 
 

@@ -67,8 +67,13 @@ CONNS = (32, 1)
 CONTENDED_CPUS = 0.25
 DEFAULT_ENGINES = ("native", "envoy")
 #: What a run measures (``--cases``): the sidecar overhead targets, the route-scale case, push-to-serving,
-#: mesh mTLS against plaintext between two sidecars, full telemetry against none.
-CASES = ("proxy", "routes", "push", "mtls", "telemetry")
+#: mesh mTLS against plaintext between two sidecars, full telemetry against none, and (not by default) each
+#: telemetry feature alone against none.
+CASES = ("proxy", "routes", "push", "mtls", "telemetry", "telemetry-parts")
+DEFAULT_CASES = CASES[:-1]
+#: The ``telemetry-parts`` case: a target per feature alone (key infix, what the listeners keep on, table label).
+TELEMETRY_PARTS = (("metrics", ("metrics",), "metrics only"), ("log", ("access-log",), "access log only"),
+                   ("trace", ("tracing",), "1 % tracing only"))
 #: Issue 6: requests/s with mTLS between two sidecars, over plaintext between the same two, at least this.
 MTLS_TARGET = 0.7
 #: Issue 7: requests/s with full telemetry (metrics, access log, 1 % tracing) over none, at least this.
@@ -90,6 +95,8 @@ PAIRS = (
     ("envoy_mtls2", "envoy_plain2", "Envoy xDS: mTLS / plaintext, mesh hop"),
     ("native_tele2", "native_bare2", "native: full telemetry / none, mesh hop"),
     ("envoy_tele2", "envoy_bare2", "Envoy xDS: full telemetry / none, mesh hop"),
+    *((f"{engine}_{key}2", f"{engine}_bare2", f"{name}: {label} / none, mesh hop")
+      for engine, name in (("native", "native"), ("envoy", "Envoy xDS")) for key, _, label in TELEMETRY_PARTS),
 )
 
 
@@ -240,7 +247,7 @@ class Bench:
             await self.setup_routes(up_port)
         if "mtls" in args.cases:
             await self.setup_mtls(up_port)
-        if "telemetry" in args.cases:
+        if "telemetry" in args.cases or "telemetry-parts" in args.cases:
             await self.setup_telemetry(up_port)
 
         # every target must answer the canned body before we measure it
@@ -332,23 +339,28 @@ class Bench:
         otlp, otlp_port = await self.start_upstream("otlp-collector", "ok")
         endpoint = f"http://127.0.0.1:{otlp_port}/v1/traces"
         log(f"  OTLP collector stand-in: {endpoint} (pid {otlp.pid})")
+        # kind → (features on, or None: no observability; table label)
+        kinds: dict[str, tuple[tuple[str, ...] | None, str]] = {"bare": (None, "no telemetry")}
+        if "telemetry" in self.args.cases:
+            kinds["tele"] = (("metrics", "access-log", "tracing"), "full telemetry")
+        if "telemetry-parts" in self.args.cases:
+            kinds.update((key, (parts, label)) for key, parts, label in TELEMETRY_PARTS)
         ports: dict[str, dict[str, int]] = {}
         for engine, cp in self.cps.items():
-            p = ports[engine] = {k: free_port() for k in ("bare_a", "bare_b", "tele_a", "tele_b")}
-            cp.publish("bare~b", inbound_snapshot(p["bare_b"], (up_port,)))
-            cp.publish("bare~a", outbound_snapshot(p["bare_a"], p["bare_b"]))
-            cp.publish("tele~b", inbound_snapshot(p["tele_b"], (up_port,),
-                                                  observability=full_telemetry("destination", "b", endpoint)))
-            cp.publish("tele~a", outbound_snapshot(p["tele_a"], p["tele_b"],
-                                                   observability=full_telemetry("source", "a", endpoint)))
-        started = [self.start_sidecar(engine, node) for engine in self.cps
-                   for node in ("bare~a", "bare~b", "tele~a", "tele~b")]
+            p = ports[engine] = {}
+            for kind, (parts, _) in kinds.items():
+                a, b = p[f"{kind}_a"], p[f"{kind}_b"] = free_port(), free_port()
+                source = full_telemetry("source", "a", endpoint, parts=parts) if parts else None
+                destination = full_telemetry("destination", "b", endpoint, parts=parts) if parts else None
+                cp.publish(f"{kind}~b", inbound_snapshot(b, (up_port,), observability=destination))
+                cp.publish(f"{kind}~a", outbound_snapshot(a, b, observability=source))
+        started = [self.start_sidecar(engine, f"{kind}~{side}") for engine in self.cps for kind in kinds for side in "ab"]
         for sc in started:
             await self.wait_sidecar(sc)
         for engine in self.cps:
-            for kind in ("bare", "tele"):
+            for kind, (_, what) in kinds.items():
                 a, b = self.sidecars[(engine, f"{kind}~a")], self.sidecars[(engine, f"{kind}~b")]
-                label = sidecar_label(engine, 2, "A → B inbound, " + ("full telemetry" if kind == "tele" else "no telemetry"))
+                label = sidecar_label(engine, 2, f"A → B inbound, {what}")
                 self.targets.append(Target(f"{engine}_{kind}2", label, ports[engine][f"{kind}_a"], [*a.procs, *b.procs],
                                            headers={"Host": SERVICE}, sidecars=[a, b]))
 
@@ -1128,10 +1140,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="proxy engines whose sidecars are measured, side by side, comma-separated "
                         f"(default {','.join(DEFAULT_ENGINES)})")
     p.add_argument("--engine", help="one engine only: the same as --engines ENGINE")
-    p.add_argument("--cases", default=",".join(CASES),
+    p.add_argument("--cases", default=",".join(DEFAULT_CASES),
                    help="what to measure, comma-separated: proxy (sidecar overhead: 1 sidecar, mesh hop, static Envoy, "
                         "minimal proxy), routes (route scale: many VirtualServices vs one route), push "
-                        f"(push-to-serving); direct always runs (default {','.join(CASES)})")
+                        "(push-to-serving), mtls (mTLS / plaintext), telemetry (full telemetry / none), "
+                        "telemetry-parts (metrics, access log and 1 %% tracing each alone / none; not by default); "
+                        f"direct always runs (default {','.join(DEFAULT_CASES)})")
     p.add_argument("--route-vs", type=int, default=100,
                    help="route scale: VirtualServices in the big route table, one per service (default 100)")
     p.add_argument("--route-routes", type=int, default=10,
