@@ -27,6 +27,7 @@ from knotwork.proxyconfig import (
 )
 from knotwork.records import ComponentContext, ProxyContext
 
+from knotwork_envoy.httpio import read_request
 from knotwork_envoy.proxy import EnvoyProxy
 from knotwork_envoy.server import EnvoyServer
 from knotwork_envoy.settings import EnvoySettings
@@ -118,12 +119,7 @@ class Upstream:
             self.peer_certs.append(writer.get_extra_info("peercert"))
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
-                if int(headers.get("content-length") or 0):
-                    await reader.readexactly(int(headers["content-length"]))
+                method, path, _, headers, _ = await read_request(reader)
                 self.requests.append((method, path, headers))
                 if self.handler is not None:
                     await self.handler(self, method, path, headers, writer)

@@ -10,7 +10,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["AdminHttpServer", "Reply", "parse_address", "request"]
+__all__ = ["AdminHttpServer", "Reply", "parse_address", "read_request", "request"]
 
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
@@ -33,6 +33,36 @@ def _dechunk(body: bytes) -> bytes:
             return b"".join(out)
         out.append(body[end + 2:end + 2 + size])
         i = end + 2 + size + 2
+
+
+async def read_request(reader: asyncio.StreamReader, max_body: int = 1 << 20) -> tuple[str, str, str, dict[str, str], bytes]:
+    """One request from `reader`: (method, target, version, headers with lower-case names, body).
+
+    The body is read by ``content-length`` or chunked. Raises ValueError for a
+    malformed request line or a body over `max_body` bytes, and
+    ``asyncio.IncompleteReadError`` when the peer closes first.
+    """
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) != 3:
+        raise ValueError(f"bad request line: {lines[0][:80]!r}")
+    method, target, version = parts
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return method, target, version, headers, body
+            body += (await reader.readexactly(size + 2))[:-2]
+            if len(body) > max_body:
+                raise ValueError("request body too large")
+    length = int(headers.get("content-length") or 0)
+    if length > max_body:
+        raise ValueError("request body too large")
+    return method, target, version, headers, await reader.readexactly(length) if length else b""
 
 
 async def request(port: int, method: str, path: str, *, timeout: float = 2.0, host: str = "127.0.0.1") -> tuple[int, bytes]:
@@ -88,16 +118,7 @@ class AdminHttpServer:
         try:
             while True:
                 async with asyncio.timeout(30):
-                    head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                parts = lines[0].split()
-                if len(parts) != 3:
-                    return
-                method, target, version = parts
-                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-                length = int(headers.get("content-length") or 0)
-                if length:
-                    await reader.readexactly(length)
+                    method, target, version, headers, _ = await read_request(reader)
                 try:
                     status, body, ctype = await self.handler(method, target)
                 except Exception as exc:  # noqa: BLE001 - the admin endpoint must answer

@@ -26,6 +26,8 @@ from typing import Any
 import anyio
 import structlog
 
+from .httpio import read_request
+
 __all__ = ["SPANS_PATH", "TraceCollector", "otel_span", "span_name"]
 
 log = structlog.get_logger("knotwork.envoy.traces").bind(plugin="envoy")
@@ -143,11 +145,7 @@ class TraceCollector:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-                body = await self._body(reader, headers)
+                method, target, _, _, body = await read_request(reader, MAX_BODY)
                 status = "202 Accepted"
                 if method != "POST":
                     status = "405 Method Not Allowed"
@@ -163,21 +161,3 @@ class TraceCollector:
             return
         finally:
             writer.close()
-
-    @staticmethod
-    async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            body = b""
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    await reader.readuntil(b"\r\n")
-                    return body
-                body += await reader.readexactly(size + 2)
-                body = body[:-2]
-                if len(body) > MAX_BODY:
-                    raise ValueError("span post too large")
-        length = int(headers.get("content-length") or 0)
-        if length > MAX_BODY:
-            raise ValueError("span post too large")
-        return await reader.readexactly(length) if length else b""
