@@ -27,7 +27,7 @@ from knotwork.proxyconfig import (
 )
 from knotwork.records import ComponentContext, ProxyContext
 
-from knotwork_envoy.httpio import read_request
+from knotwork_envoy.httpio import read_chunked, read_request
 from knotwork_envoy.proxy import EnvoyProxy
 from knotwork_envoy.server import EnvoyServer
 from knotwork_envoy.settings import EnvoySettings
@@ -217,15 +217,7 @@ async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -
     if head_only or status in (204, 304) or 100 <= status < 200:
         return Response(status, headers, b"")
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                break
-            body += await reader.readexactly(size + 2)
-            body = body[:-2]
-        return Response(status, headers, body)
+        return Response(status, headers, await read_chunked(reader, max_body=1 << 30))
     if "content-length" in headers:
         return Response(status, headers, await reader.readexactly(int(headers["content-length"])))
     return Response(status, headers, await reader.read())

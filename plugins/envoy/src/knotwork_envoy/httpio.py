@@ -10,7 +10,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["AdminHttpServer", "Reply", "parse_address", "read_request", "request"]
+__all__ = ["AdminHttpServer", "Reply", "parse_address", "read_chunked", "read_request", "request"]
 
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
@@ -35,6 +35,19 @@ def _dechunk(body: bytes) -> bytes:
         i = end + 2 + size + 2
 
 
+async def read_chunked(reader: asyncio.StreamReader, max_body: int = 1 << 20) -> bytes:
+    """A chunked body from `reader`, its chunks joined (no trailers expected); ValueError over `max_body` bytes."""
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return body
+        body += (await reader.readexactly(size + 2))[:-2]
+        if len(body) > max_body:
+            raise ValueError("body too large")
+
+
 async def read_request(reader: asyncio.StreamReader, max_body: int = 1 << 20) -> tuple[str, str, str, dict[str, str], bytes]:
     """One request from `reader`: (method, target, version, headers with lower-case names, body).
 
@@ -50,15 +63,7 @@ async def read_request(reader: asyncio.StreamReader, max_body: int = 1 << 20) ->
     method, target, version = parts
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return method, target, version, headers, body
-            body += (await reader.readexactly(size + 2))[:-2]
-            if len(body) > max_body:
-                raise ValueError("request body too large")
+        return method, target, version, headers, await read_chunked(reader, max_body)
     length = int(headers.get("content-length") or 0)
     if length > max_body:
         raise ValueError("request body too large")
